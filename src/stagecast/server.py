@@ -1,0 +1,71 @@
+"""Running the gateway under uvicorn, with a graceful SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from types import FrameType
+
+import uvicorn
+
+from stagecast.api.app import create_app
+from stagecast.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """On SIGTERM/SIGINT: stop taking stages, let runs finish within grace, end the rest."""
+
+    draining: asyncio.Task[None] | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        app = self.config.loaded_app
+        state = getattr(getattr(_unwrap(app), "state", None), "stagecast", None)
+        if state is None or self._loop is None or self.draining is not None or self.should_exit:
+            super().handle_exit(sig, frame)
+            return
+        # Signal handlers run between bytecodes: hand the work to the loop properly.
+        self._loop.call_soon_threadsafe(self._begin_drain, state, sig, frame)
+
+    def _begin_drain(self, state: object, sig: int, frame: FrameType | None) -> None:
+        if self.draining is None:
+            log.info("shutting down: draining stages")
+            self.draining = asyncio.get_running_loop().create_task(self._drain(state, sig, frame))
+
+    async def _drain(self, state: object, sig: int, frame: FrameType | None) -> None:
+        await state.stages.shutdown(state.settings.shutdown_grace)  # type: ignore[attr-defined]
+        # Let attached readers receive the terminal events before connections close.
+        await asyncio.sleep(0.2)
+        super().handle_exit(sig, frame)
+
+
+def _unwrap(app: object) -> object:
+    while hasattr(app, "app") and not hasattr(app, "state"):
+        app = app.app
+    return app
+
+
+def build_config(settings: Settings) -> uvicorn.Config:
+    """The uvicorn configuration for ``settings`` (uvloop and httptools when present)."""
+    return uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="auto",
+        http="auto",
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=settings.shutdown_grace + 5,
+        lifespan="on",
+    )
+
+
+def run_server(settings: Settings) -> None:
+    """Serve until SIGTERM."""
+    _Server(build_config(settings)).run()

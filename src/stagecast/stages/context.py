@@ -1,0 +1,78 @@
+"""What a stage producer works with: its request, its role, and where its events go."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from stagecast.backends.router import Router
+from stagecast.protocol.requests import StageRequest
+
+StageMode = Literal["chat", "toolchain"]
+Emit = Callable[[str, bytes], Awaitable[object]]
+
+
+@dataclass(slots=True)
+class StageStats:
+    """Live counters of a run, read by cancel receipts and stage records."""
+
+    started_at: float = field(default_factory=time.time)
+    first_token_at: float | None = None
+    chunks: int = 0
+    completion_tokens: int = 0
+    upstream_open: bool = False
+    tools_run: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class StageOutcome:
+    """The result of a finished stage, for completion routes and the ``done`` event."""
+
+    text: str = ""
+    reasoning: str = ""
+    usage: dict[str, Any] | None = None
+    finish_reason: str | None = None
+    tool_results: dict[str, Any] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+async def _discard(event: str, data: bytes) -> None:
+    return None
+
+
+class StageContext:
+    """One stage's request, role and event sink, shared by the producers."""
+
+    __slots__ = ("emit", "mode", "request", "role", "router", "sid_json", "stage_id", "stats")
+
+    def __init__(
+        self,
+        *,
+        stage_id: str,
+        request: StageRequest,
+        role: str,
+        router: Router,
+        mode: StageMode,
+        emit: Emit | None = None,
+    ) -> None:
+        self.stage_id = stage_id
+        self.request = request
+        self.role = role
+        self.router = router
+        self.mode = mode
+        self.emit: Emit = emit or _discard
+        self.stats = StageStats()
+        # The stage id as JSON, spliced into every payload without re-encoding it.
+        self.sid_json = orjson.dumps(stage_id)
+
+    def payload(self, **fields: Any) -> bytes:
+        """A payload object whose first field is ``stage_id``."""
+        return orjson.dumps({"stage_id": self.stage_id, **fields})
+
+    def prefix(self, field_name: str) -> bytes:
+        """``{"stage_id":...,"<field>":`` for splicing a chunk's JSON in; close with ``}``."""
+        return b'{"stage_id":' + self.sid_json + b',"' + field_name.encode() + b'":'

@@ -1,0 +1,166 @@
+"""Turns upstream chunks into valid ``ChatCompletionChunk`` JSON for the relay.
+
+The common chunk (plain content, nothing to fix) is not re-serialised: its upstream bytes go
+into the event as they came. Only chunks that need a change are rebuilt.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import orjson
+
+from stagecast.backends.base import UpstreamChunk
+from stagecast.stages.reasoning import ThinkSplitter
+
+ReasoningMode = Literal["separate", "inline", "hidden"]
+
+_REQUIRED = ("id", "object", "created", "model", "choices")
+
+
+class ChunkNormaliser:
+    """Per-stream state for normalising chunks and accumulating the answer."""
+
+    __slots__ = (
+        "_created",
+        "_id",
+        "_inline_open",
+        "_model",
+        "_splitter",
+        "finish_reason",
+        "mode",
+        "reasoning_parts",
+        "text_parts",
+        "usage",
+    )
+
+    def __init__(self, mode: ReasoningMode = "separate", model: str = "") -> None:
+        self.mode = mode
+        self._splitter = ThinkSplitter()
+        self._id = ""
+        self._model = model
+        self._created = int(time.time())
+        self._inline_open = False
+        self.text_parts: list[str] = []
+        self.reasoning_parts: list[str] = []
+        self.usage: dict[str, Any] | None = None
+        self.finish_reason: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The answer so far."""
+        return "".join(self.text_parts)
+
+    @property
+    def reasoning(self) -> str:
+        """The reasoning so far."""
+        return "".join(self.reasoning_parts)
+
+    def process(self, chunk: UpstreamChunk) -> bytes | None:
+        """Normalise one chunk; returns the JSON to relay, or None if nothing is left of it."""
+        data = chunk.data
+        changed = chunk.raw is None or b"\n" in chunk.raw
+        for key in _REQUIRED:
+            if key not in data or data[key] is None:
+                changed = True
+                self._fill(data, key)
+        if data.get("object") != "chat.completion.chunk":
+            data["object"] = "chat.completion.chunk"
+            changed = True
+        self._id = data["id"]
+        self._model = data["model"]
+        usage = data.get("usage")
+        if usage:
+            self.usage = usage
+        choices = data["choices"]
+        if not isinstance(choices, list):
+            data["choices"] = choices = []
+            changed = True
+        for choice in choices:
+            if self._choice(choice):
+                changed = True
+        if not changed:
+            return chunk.raw
+        return orjson.dumps(data)
+
+    def _fill(self, data: dict[str, Any], key: str) -> None:
+        if key == "id":
+            data["id"] = self._id or "chatcmpl-stagecast"
+        elif key == "object":
+            data["object"] = "chat.completion.chunk"
+        elif key == "created":
+            data["created"] = self._created
+        elif key == "model":
+            data["model"] = self._model or "unknown"
+        elif key == "choices":
+            data["choices"] = []
+
+    def _choice(self, choice: dict[str, Any]) -> bool:
+        changed = False
+        if "index" not in choice:
+            choice["index"] = 0
+            changed = True
+        finish = choice.get("finish_reason")
+        if finish:
+            self.finish_reason = finish
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            choice["delta"] = delta = {}
+            changed = True
+        if "reasoning" in delta:
+            # Ollama and OpenRouter name the field ``reasoning``.
+            value = delta.pop("reasoning")
+            if value and not delta.get("reasoning_content"):
+                delta["reasoning_content"] = value
+            changed = True
+        content = delta.get("content")
+        if content and (not self._splitter.idle() or "<" in content):
+            answer, thought = self._splitter.feed(content)
+            delta["content"] = answer or None
+            if thought:
+                delta["reasoning_content"] = (delta.get("reasoning_content") or "") + thought
+            changed = True
+        if finish:
+            answer, thought = self._splitter.flush()
+            if answer:
+                delta["content"] = (delta.get("content") or "") + answer
+                changed = True
+            if thought:
+                delta["reasoning_content"] = (delta.get("reasoning_content") or "") + thought
+                changed = True
+        return self._apply_mode(delta) or changed
+
+    def _apply_mode(self, delta: dict[str, Any]) -> bool:
+        content = delta.get("content")
+        reasoning = delta.get("reasoning_content")
+        if reasoning:
+            self.reasoning_parts.append(reasoning)
+        if self.mode == "separate" or not (reasoning or self._inline_open):
+            if content:
+                self.text_parts.append(content)
+            return False
+        if reasoning:
+            del delta["reasoning_content"]
+        if self.mode == "hidden":
+            if content:
+                self.text_parts.append(content)
+            return bool(reasoning)
+        # inline: one <think> block around the whole of the reasoning, as the model wrote it
+        pieces: list[str] = []
+        if reasoning:
+            if not self._inline_open:
+                pieces.append("<think>")
+                self._inline_open = True
+            pieces.append(reasoning)
+        if content or (reasoning is None and self._inline_open and delta.get("finish_reason")):
+            pieces.append("</think>")
+            self._inline_open = False
+        if content:
+            pieces.append(content)
+        if not pieces:
+            return bool(reasoning)
+        merged = "".join(pieces)
+        delta["content"] = merged
+        self.text_parts.append(merged)
+        return True

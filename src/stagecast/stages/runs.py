@@ -1,0 +1,176 @@
+"""Stage runs: tasks owned by the server that write a stage's events into the hub.
+
+A run is not a connection. Clients attach to its log and may leave and come back; a cancel
+from any replica reaches the run through the hub; when the run ends, exactly one terminal
+event closes its log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from stagecast.backends.router import Router
+from stagecast.errors import ServiceUnavailableError, StagecastError, StageLimitError
+from stagecast.hub.base import StreamHub
+from stagecast.protocol.requests import StageRequest
+from stagecast.stages.chat import run_chat
+from stagecast.stages.context import StageContext, StageMode, StageOutcome
+
+log = logging.getLogger(__name__)
+
+Producer = Callable[[StageContext], Awaitable[StageOutcome]]
+
+
+class StageRun:
+    """One running stage: its task, its counters, and why it was cancelled (if it was)."""
+
+    __slots__ = ("ctx", "finished", "on_disconnect", "stage_id", "task", "why")
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx = ctx
+        self.stage_id = ctx.stage_id
+        self.on_disconnect = ctx.request.on_disconnect
+        self.task: asyncio.Task[None] | None = None
+        self.why: str | None = None
+        self.finished = False
+
+    def cancel(self, why: str) -> None:
+        """Stop the run; ``why`` is ``client`` (cancel/disconnect) or ``shutdown``."""
+        if self.task is not None and not self.task.done() and self.why is None:
+            self.why = why
+            self.task.cancel()
+
+
+class StageManager:
+    """Starts stage runs, cancels them, and ends them all on shutdown."""
+
+    def __init__(
+        self,
+        *,
+        router: Router,
+        hub: StreamHub,
+        producers: dict[str, Producer] | None = None,
+    ) -> None:
+        self.router = router
+        self.hub = hub
+        self.producers: dict[str, Producer] = {"chat": run_chat, **(producers or {})}
+        self.runs: dict[str, StageRun] = {}
+        self.accepting = True
+
+    def context(self, request: StageRequest, role: str, mode: StageMode) -> StageContext:
+        """A context for a new stage (its id from the request, or a fresh UUID)."""
+        if not self.accepting:
+            raise ServiceUnavailableError("the server is shutting down; retry on another replica")
+        stage_id = request.stage_id or uuid.uuid4().hex
+        return StageContext(
+            stage_id=stage_id, request=request, role=role, router=self.router, mode=mode
+        )
+
+    async def start(self, ctx: StageContext, *, owner: str | None = None) -> StageRun:
+        """Open the stage's log and start its run; 409 if the id is live."""
+        meta = {
+            "role": ctx.role,
+            "mode": ctx.mode,
+            "on_disconnect": ctx.request.on_disconnect,
+        }
+        await self.hub.open(ctx.stage_id, owner=owner, meta=meta)
+        hub = self.hub
+        stage_id = ctx.stage_id
+
+        async def emit(event: str, data: bytes) -> None:
+            await hub.append(stage_id, event, data)
+
+        ctx.emit = emit
+        run = StageRun(ctx)
+        self.runs[stage_id] = run
+        hub.on_cancel(stage_id, lambda: run.cancel("client"))
+        run.task = asyncio.create_task(self._drive(run), name=f"stage-{stage_id}")
+        run.task.add_done_callback(lambda _t: self._reap(run))
+        return run
+
+    async def run_inline(self, ctx: StageContext) -> StageOutcome:
+        """Run a stage for a completion route: no log, the caller awaits the outcome."""
+        return await self.producers[ctx.mode](ctx)
+
+    async def _drive(self, run: StageRun) -> None:
+        ctx = run.ctx
+        try:
+            outcome = await self.producers[ctx.mode](ctx)
+        except asyncio.CancelledError:
+            if run.why is None:
+                raise
+            await self._end_cancelled(run)
+        except StageLimitError as exc:
+            await self._terminal(run, "error", _error(ctx, exc))
+        except StagecastError as exc:
+            await self._terminal(run, "error", _error(ctx, exc))
+        except Exception as exc:
+            log.exception("stage failed", extra={"stage_id": ctx.stage_id})
+            await self._terminal(
+                run,
+                "error",
+                ctx.payload(error=f"internal error: {exc}", code="internal_error", retryable=True),
+            )
+        else:
+            fields: dict[str, Any] = {}
+            if outcome.usage:
+                fields["usage"] = outcome.usage
+            if outcome.finish_reason:
+                fields["finish_reason"] = outcome.finish_reason
+            await self._terminal(run, "done", ctx.payload(**fields))
+
+    async def _end_cancelled(self, run: StageRun) -> None:
+        ctx = run.ctx
+        if run.why == "shutdown":
+            payload = ctx.payload(
+                error="the server shut down before the stage finished; run it again",
+                code="server_shutdown",
+                retryable=True,
+            )
+            await self._terminal(run, "error", payload)
+            return
+        stats = ctx.stats
+        payload = ctx.payload(
+            reason=run.why,
+            upstream_aborted=stats.upstream_open,
+            completion_tokens=stats.completion_tokens or stats.chunks,
+            tools_run=stats.tools_run,
+        )
+        await self._terminal(run, "cancel", payload)
+
+    async def _terminal(self, run: StageRun, event: str, payload: bytes) -> None:
+        if run.finished:
+            return
+        run.finished = True
+        try:
+            await self.hub.append(run.stage_id, event, payload)
+        except StagecastError:
+            log.warning("could not write terminal event", extra={"stage_id": run.stage_id})
+
+    def _reap(self, run: StageRun) -> None:
+        if self.runs.get(run.stage_id) is run:
+            del self.runs[run.stage_id]
+        if not run.finished and run.why is not None:
+            # Cancelled before its first step: the task never ran, so write its end here.
+            asyncio.get_running_loop().create_task(self._end_cancelled(run))
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop taking stages, let runs finish within ``grace``, then end the rest."""
+        self.accepting = False
+        pending = [r.task for r in self.runs.values() if r.task is not None]
+        if pending and grace > 0:
+            await asyncio.wait(pending, timeout=grace)
+        for run in list(self.runs.values()):
+            run.cancel("shutdown")
+        rest = [r.task for r in self.runs.values() if r.task is not None]
+        if rest:
+            await asyncio.wait(rest, timeout=5.0)
+
+
+def _error(ctx: StageContext, exc: StagecastError) -> bytes:
+    return ctx.payload(error=exc.message, code=exc.code, retryable=exc.retryable)
+
