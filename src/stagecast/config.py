@@ -147,7 +147,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         # The file is a per-call choice, so it lives on a per-call subclass, not on Settings.
-        config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})  # type: ignore[typeddict-item]
+        config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
         cls = type("Settings", (Settings,), {"model_config": config})
     try:
         return cls(**overrides)

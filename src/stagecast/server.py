@@ -61,7 +61,7 @@ def build_config(settings: Settings) -> uvicorn.Config:
         loop="auto",
         http="auto",
         log_level=settings.log_level,
-        timeout_graceful_shutdown=settings.shutdown_grace + 5,
+        timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
         lifespan="on",
     )
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI
 
-from stagecast import __version__
+from stagecast._version import __version__
 from stagecast.api.errors import install_error_handlers
 from stagecast.api.routes import router as routes
 from stagecast.backends.router import Router

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-import orjson
-from starlette.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from stagecast.errors import (
     RequestError,
@@ -20,7 +21,7 @@ from stagecast.hub.base import StageNotFoundError
 
 
 def json_response(
-    body: Any, status_code: int = 200, headers: dict[str, str] | None = None
+    body: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
     """A JSON answer serialised with orjson."""
     return Response(

@@ -7,7 +7,6 @@ import contextlib
 from typing import Any
 
 import orjson
-
 from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import Response
 
@@ -91,7 +90,7 @@ async def _client_left(request: Request) -> None:
             return
 
 
-STREAM_DOC = {
+STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Server-Sent Events: chunks, then one of done, cancel or error.",
         "content": {"text/event-stream": {}},

@@ -144,8 +144,7 @@ class OpenAICompatBackend:
             connecting = time.monotonic() - started < cfg.connect_timeout
             phase = "connect" if connecting else "first_token"
             raise UpstreamTimeoutError(
-                f"model server {self._base} did not answer within "
-                f"{cfg.first_token_timeout:g}s",
+                f"model server {self._base} did not answer within {cfg.first_token_timeout:g}s",
                 phase=phase,
             ) from exc
         except aiohttp.ClientError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from stagecast.client import AsyncStagecast, StageError, StagecastHTTPError
+from stagecast.client import AsyncStagecast, StagecastHTTPError, StageError
 
 
 async def run_chat(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -63,7 +62,9 @@ def chat(
     """Ask one question and print the answer as it streams."""
     from stagecast.cli.chat import run_chat
 
-    code = asyncio.run(run_chat(prompt, model=model, system=system, max_tokens=max_tokens, server=server))
+    code = asyncio.run(
+        run_chat(prompt, model=model, system=system, max_tokens=max_tokens, server=server)
+    )
     raise typer.Exit(code)
 
 
@@ -74,4 +75,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -89,7 +89,10 @@ class StageStream:
                 async for raw in self._response.aiter_raw():
                     for sse in decoder.feed(raw):
                         event = StageEvent(
-                            int(sse.id or 0), sse.event, parse_payload(sse.event, sse.data), sse.data
+                            int(sse.id or 0),
+                            sse.event,
+                            parse_payload(sse.event, sse.data),
+                            sse.data,
                         )
                         self.last_event_id = event.id
                         if decoder.retry is not None:

@@ -17,7 +17,7 @@ from stagecast.protocol.events import (
 )
 from stagecast.protocol.requests import StageRequest
 from stagecast.protocol.results import ErrorResult, StageResult, TextResult, ToolResultsResult
-from stagecast.protocol.sse import SSEDecoder, ServerSentEvent, encode_comment, encode_frame
+from stagecast.protocol.sse import ServerSentEvent, SSEDecoder, encode_comment, encode_frame
 
 __all__ = [
     "EVENT_TYPES",

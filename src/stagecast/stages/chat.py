@@ -45,6 +45,5 @@ async def run_chat(ctx: StageContext) -> StageOutcome:
 
 
 def _completion_tokens(usage: dict[str, object] | None, chunks: int) -> int:
-    if usage and isinstance(usage.get("completion_tokens"), int):
-        return int(usage["completion_tokens"])  # type: ignore[call-overload]
-    return chunks
+    value = usage.get("completion_tokens") if usage else None
+    return value if isinstance(value, int) else chunks

@@ -134,7 +134,7 @@ class ChunkNormaliser:
     def _apply_mode(self, delta: dict[str, Any]) -> bool:
         content = delta.get("content")
         reasoning = delta.get("reasoning_content")
-        if reasoning:
+        if reasoning and self.mode != "hidden":
             self.reasoning_parts.append(reasoning)
         if self.mode == "separate" or not (reasoning or self._inline_open):
             if content:

@@ -28,7 +28,7 @@ Producer = Callable[[StageContext], Awaitable[StageOutcome]]
 class StageRun:
     """One running stage: its task, its counters, and why it was cancelled (if it was)."""
 
-    __slots__ = ("ctx", "finished", "on_disconnect", "stage_id", "task", "why")
+    __slots__ = ("aborted_upstream", "ctx", "finished", "on_disconnect", "stage_id", "task", "why")
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
@@ -37,11 +37,14 @@ class StageRun:
         self.task: asyncio.Task[None] | None = None
         self.why: str | None = None
         self.finished = False
+        self.aborted_upstream = False
 
     def cancel(self, why: str) -> None:
         """Stop the run; ``why`` is ``client`` (cancel/disconnect) or ``shutdown``."""
         if self.task is not None and not self.task.done() and self.why is None:
             self.why = why
+            # Read now: unwinding the run closes the upstream request and clears the flag.
+            self.aborted_upstream = self.ctx.stats.upstream_open
             self.task.cancel()
 
 
@@ -136,7 +139,7 @@ class StageManager:
         stats = ctx.stats
         payload = ctx.payload(
             reason=run.why,
-            upstream_aborted=stats.upstream_open,
+            upstream_aborted=run.aborted_upstream,
             completion_tokens=stats.completion_tokens or stats.chunks,
             tools_run=stats.tools_run,
         )
@@ -173,4 +176,3 @@ class StageManager:
 
 def _error(ctx: StageContext, exc: StagecastError) -> bytes:
     return ctx.payload(error=exc.message, code=exc.code, retryable=exc.retryable)
-

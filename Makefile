@@ -1,0 +1,45 @@
+# stagecast: `make run` serves the gateway with the embedded model; `make test` runs every test.
+# Needs only Python 3.11+, make and a C compiler: uv is installed into .tools/, the project and
+# its locked dependencies into .venv/.
+
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+export UV_PYTHON_DOWNLOADS := never
+# llama.cpp built for this CPU's exact features crashed on some machines; build portable code.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+
+.PHONY: install run test check fmt bench bench-peers clean
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra local --python $(PYTHON)
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/stagecast serve
+
+test: install
+	$(BIN)/pytest
+
+check: install
+	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+
+fmt: install
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

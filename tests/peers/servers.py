@@ -1,0 +1,79 @@
+"""Run an ASGI app under a real uvicorn server on a port the OS picks, in a thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+
+
+class ServerThread:
+    """A uvicorn server for ``app`` on 127.0.0.1, port 0, in a background thread."""
+
+    def __init__(self, app: Any, *, lifespan: str = "on") -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=3
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("server thread died while starting")
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start within 30s")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+        self.sock.close()
+
+
+@contextmanager
+def serve(app: Any, *, lifespan: str = "on") -> Iterator[ServerThread]:
+    """Serve ``app`` for the duration of the block."""
+    server = ServerThread(app, lifespan=lifespan)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (for servers that cannot take a socket)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def closed_port_url() -> str:
+    """A base URL on which connections are refused."""
+    return f"http://127.0.0.1:{free_port()}/v1"
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return bool(predicate())
+        time.sleep(interval)

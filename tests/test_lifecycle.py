@@ -1,0 +1,171 @@
+"""Runs that outlive connections: disconnect policy, resume, cancel, heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from stagecast.client import AsyncStagecast, StagecastHTTPError
+from stagecast.protocol.sse import SSEDecoder
+from tests.conftest import Gateway, GatewayFactory, no_leaks, role
+from tests.peers.fake_upstream import FakeUpstream, Script, Step, chunk, data, text_script
+from tests.test_chat_stream import assert_protocol, collect, text_of
+
+WORDS = [f"w{i} " for i in range(30)]
+
+
+async def read_frames(response: httpx.Response, n: int) -> list[Any]:
+    """Read until ``n`` events arrived (comments are not events)."""
+    decoder = SSEDecoder()
+    events: list[Any] = []
+    async for raw in response.aiter_raw():
+        events += decoder.feed(raw)
+        if len(events) >= n:
+            break
+    return events
+
+
+async def test_client_disconnect_mid_stream_closes_upstream(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
+    upstream.enqueue(text_script(WORDS, pace=0.1))
+    with no_leaks(gateway):
+        async with httpx.AsyncClient(base_url=gateway.url) as http:
+            async with http.stream("POST", "/stream/v1/chat", json={"user_prompt": "x"}) as r:
+                await read_frames(r, 3)
+        record = upstream.wait_disconnected(0)
+    assert record.finished_at is None
+
+
+async def test_client_disconnect_while_waiting_for_first_token(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
+    upstream.enqueue(Script(delay_headers=30))
+    with no_leaks(gateway):
+        async with httpx.AsyncClient(base_url=gateway.url) as http:
+            async with http.stream("POST", "/stream/v1/chat", json={"user_prompt": "x"}) as r:
+                assert r.status_code == 200
+                upstream.wait_requests(1)
+        upstream.wait_disconnected(0)
+
+
+async def test_continue_policy_finishes_into_the_log_for_a_later_resume(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
+    upstream.enqueue(text_script(WORDS[:8], pace=0.05))
+    body = {"user_prompt": "x", "on_disconnect": "continue", "stage_id": "keep-1"}
+    async with httpx.AsyncClient(base_url=gateway.url) as http:
+        async with http.stream("POST", "/stream/v1/chat", json=body) as r:
+            first = await read_frames(r, 2)
+    # The run goes on with nobody attached; the model server is never told to stop.
+    assert upstream.wait_requests(1)
+    from tests.peers.servers import wait_for
+
+    assert wait_for(lambda: upstream.chat_requests()[0].finished_at is not None)
+    async with AsyncStagecast(gateway.url) as client:
+        async with client.attach("keep-1", int(first[-1].id)) as stream:
+            rest = [e async for e in stream]
+    assert rest[0].id == int(first[-1].id) + 1
+    assert rest[-1].event == "done"
+    async with AsyncStagecast(gateway.url) as client, client.attach("keep-1") as stream:
+        everything = [e async for e in stream]
+    assert_protocol(everything, "keep-1")
+    assert text_of(everything) == "".join(WORDS[:8])
+
+
+async def test_resume_mid_stream_has_no_gap_and_no_duplicate(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
+    upstream.enqueue(text_script(WORDS, pace=0.03))
+    body = {"user_prompt": "x", "on_disconnect": "continue", "stage_id": "res-1"}
+    async with httpx.AsyncClient(base_url=gateway.url) as http:
+        async with http.stream("POST", "/stream/v1/chat", json=body) as r:
+            head = await read_frames(r, 5)
+        last = head[-1].id
+        # query parameter form of Last-Event-ID
+        async with http.stream("GET", f"/stream/v1/stages/res-1?last_event_id={last}") as r:
+            tail = await read_frames(r, 10_000)
+    ids = [int(e.id) for e in head + tail]
+    assert ids == list(range(1, len(ids) + 1))
+    assert tail[-1].event == "done"
+
+
+async def test_resume_unknown_or_expired_stage_is_404(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
+    gw = make_gateway(models={"fake": role(upstream.url)}, stage_ttl=0.5)
+    upstream.enqueue(text_script(["a"]))
+    async with AsyncStagecast(gw.url) as client:
+        await collect(client, user_prompt="x", stage_id="short-lived")
+        async with client.attach("short-lived") as stream:
+            replay = [e async for e in stream]
+        assert replay[-1].event == "done"
+        await asyncio.sleep(1.0)
+        for stage in ("short-lived", "never-existed"):
+            with pytest.raises(StagecastHTTPError) as info:
+                async with client.attach(stage) as stream:
+                    pass
+            assert info.value.status == 404
+
+
+async def test_live_stage_id_conflicts_409(gateway: Gateway, upstream: FakeUpstream) -> None:
+    upstream.enqueue(text_script(WORDS, pace=0.05), text_script(["b"]), text_script(["c"]))
+    async with AsyncStagecast(gateway.url) as client:
+        async with client.stream_chat(user_prompt="x", stage_id="dup") as first:
+            with pytest.raises(StagecastHTTPError) as info:
+                async with client.stream_chat(user_prompt="y", stage_id="dup"):
+                    pass
+            assert info.value.status == 409
+            events = [e async for e in first]
+        assert events[-1].event == "done"
+        # Once finished, the id may be used again.
+        _, again = await collect(client, user_prompt="z", stage_id="dup")
+        assert again[-1].event == "done"
+
+
+async def test_cancel_ends_every_attached_stream_and_returns_a_receipt(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
+    upstream.enqueue(text_script(WORDS, pace=0.1))
+    async with AsyncStagecast(gateway.url) as client:
+        async with client.stream_chat(user_prompt="x", stage_id="stop-me") as a:
+            it = aiter(a)
+            await anext(it)
+            await anext(it)
+            async with client.attach("stop-me") as b:
+                receipt = await client.cancel("stop-me")
+                rest_a = [e async for e in it]
+                all_b = [e async for e in b]
+        again = await client.cancel("stop-me")
+    assert receipt["status_before"] == "running"
+    assert receipt["status_after"] == "cancelled"
+    assert receipt["upstream_aborted"] is True
+    assert receipt["completion_tokens"] >= 1
+    assert rest_a[-1].event == "cancel"
+    assert all_b[-1].event == "cancel"
+    assert_protocol(all_b, "stop-me")
+    assert again["status_before"] == "cancelled"
+    assert again["cancel_requested"] is False
+    upstream.wait_disconnected(0)
+
+
+async def test_heartbeats_during_an_upstream_stall(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
+    gw = make_gateway(models={"fake": role(upstream.url, idle_timeout=10)}, heartbeat_interval=0.2)
+    steps = data(chunk({"content": "before"})) + [Step("sleep", seconds=3)]
+    steps += data(chunk({"content": " after"}, finish="stop")) + [Step("data", b"[DONE]")]
+    upstream.enqueue(Script(steps))
+    comments = 0
+    decoder = SSEDecoder()
+    events = []
+    async with httpx.AsyncClient(base_url=gw.url, timeout=30) as http:
+        async with http.stream("POST", "/stream/v1/chat", json={"user_prompt": "x"}) as r:
+            async for raw in r.aiter_raw():
+                comments += raw.count(b": keep-alive\n\n")
+                events += decoder.feed(raw)
+    assert events[-1].event == "done"
+    assert comments >= 3, comments
