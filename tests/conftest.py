@@ -12,7 +12,11 @@ import pytest
 from stagecast.api.app import create_app
 from stagecast.config import ModelConfig, Settings
 from tests.peers.fake_upstream import FakeUpstream, fake_upstream
+from tests.peers.open_meteo import open_meteo
 from tests.peers.servers import ServerThread, serve
+
+# Fixtures defined elsewhere and shared by every test module.
+__all__ = ["open_meteo"]
 
 KEEP_ENV = {"STAGECAST_REQUIRE_SERVICES"}
 

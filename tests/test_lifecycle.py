@@ -169,3 +169,22 @@ async def test_heartbeats_during_an_upstream_stall(
                 events += decoder.feed(raw)
     assert events[-1].event == "done"
     assert comments >= 3, comments
+
+
+async def test_sdk_resumes_after_a_network_drop(gateway: Gateway, upstream: FakeUpstream) -> None:
+    from tests.peers.tcp_proxy import tcp_proxy
+
+    upstream.enqueue(text_script(WORDS, pace=0.05))
+    with tcp_proxy("127.0.0.1", gateway.server.port) as proxy:
+        async with AsyncStagecast(proxy.url) as client:
+            events = []
+            async with client.stream_chat(
+                user_prompt="x", on_disconnect="continue", stage_id="drop-1"
+            ) as stream:
+                async for event in stream:
+                    events.append(event)
+                    if len(events) == 5:
+                        proxy.cut()
+    assert stream.resumes >= 1
+    assert_protocol(events, "drop-1")
+    assert text_of(events) == "".join(WORDS)

@@ -138,3 +138,56 @@ async def test_llama_cpp_server_client_disconnect(
     async with AsyncStagecast(gw.url) as client:
         _, events = await collect(client, user_prompt="Hi", max_tokens=4)
     assert events[-1].event == "done"
+
+
+async def test_embedded_model_calls_a_named_tool(make_gateway: GatewayFactory) -> None:
+    gw = make_gateway()
+    async with AsyncStagecast(gw.url) as client:
+        async with client.stream_toolchain(
+            user_prompt="What is 12 times 7?",
+            tool_choice="calculate",
+            synthesis=True,
+            max_tokens=[60, 40],
+            temperature=0,
+            raise_on_error=False,
+        ) as stream:
+            events = [e async for e in stream]
+    assert_protocol(events)
+    [summary] = [e for e in events if e.event == "tool_summary"]
+    [detail] = summary.data.tool_calls  # type: ignore[union-attr]
+    assert detail.name == "calculate"
+    assert detail.error is None, detail
+    assert events[-1].event == "done"
+
+
+async def test_llama_cpp_server_forced_tool_call(
+    make_gateway: GatewayFactory, llama_server: str
+) -> None:
+    gw = make_gateway(
+        models={"llama": role(llama_server, model="smollm2", first_token_timeout=60)},
+    )
+    async with AsyncStagecast(gw.url) as client:
+        async with client.stream_toolchain(
+            user_prompt="What time is it in Tokyo?",
+            tools=["get_time"],
+            tool_choice="get_time",
+            synthesis=True,
+            max_tokens=[80, 40],
+            temperature=0,
+            raise_on_error=False,
+        ) as stream:
+            events = [e async for e in stream]
+        result = await client.complete_toolchain(
+            user_prompt="What time is it in Tokyo?",
+            tools=["get_time"],
+            tool_choice="get_time",
+            max_tokens=[80, 40],
+            temperature=0,
+        )
+    assert_protocol(events)
+    [summary] = [e for e in events if e.event == "tool_summary"]
+    [detail] = summary.data.tool_calls  # type: ignore[union-attr]
+    assert detail.name == "get_time"
+    assert events[-1].event == "done", events[-1].raw
+    assert result["type"] == "tool_results"
+    assert len(result["tool_results"]) == 1

@@ -6,6 +6,7 @@ JSON error results, plus a ``retryable`` hint for clients::
     StagecastError
     ├── ConfigError                 bad or missing configuration
     ├── RequestError                a request that cannot run (raised before a stream starts)
+    │   ├── InvalidRequestError     422: unknown tool, bad tool_choice
     │   ├── UnknownRoleError        404: no such model role
     │   └── StageConflictError      409: the stage id is already live
     ├── UpstreamError               the model server failed us
@@ -47,6 +48,13 @@ class RequestError(StagecastError):
 
     code = "bad_request"
     status_code = 400
+
+
+class InvalidRequestError(RequestError):
+    """The body is well-formed but asks for something that does not exist here."""
+
+    code = "invalid_request"
+    status_code = 422
 
 
 class UnknownRoleError(RequestError):

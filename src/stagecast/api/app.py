@@ -17,6 +17,9 @@ from stagecast.config import Settings
 from stagecast.hub.base import StreamHub
 from stagecast.hub.memory import MemoryHub
 from stagecast.stages.runs import StageManager
+from stagecast.stages.toolchain import ToolPolicy, make_toolchain
+from stagecast.tools.builtins import ToolHttp
+from stagecast.tools.registry import ToolRegistry, build_registry
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,8 @@ class AppState:
     router: Router
     hub: StreamHub
     stages: StageManager
+    tools: ToolRegistry
+    tool_http: ToolHttp
 
 
 def make_hub(settings: Settings) -> StreamHub:
@@ -50,16 +55,27 @@ def make_hub(settings: Settings) -> StreamHub:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the gateway app; ``settings`` default to the environment and no file."""
     settings = settings or Settings()
+    # Tool modules load now, so that a broken [tools] config fails at startup, not mid-stage.
+    tool_http = ToolHttp.from_config(settings.tools)
+    tools = build_registry(settings.tools, tool_http)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         router = Router(settings)
         hub = make_hub(settings)
+        policy = ToolPolicy(
+            tools, timeout=settings.tools.timeout, max_concurrency=settings.tools.max_concurrency
+        )
+        stages = StageManager(
+            router=router, hub=hub, producers={"toolchain": make_toolchain(policy)}
+        )
         state = AppState(
             settings=settings,
             router=router,
             hub=hub,
-            stages=StageManager(router=router, hub=hub),
+            stages=stages,
+            tools=tools,
+            tool_http=tool_http,
         )
         app.state.stagecast = state
         log.info("stagecast ready", extra={"roles": router.roles})
@@ -69,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.stages.shutdown(settings.shutdown_grace)
             await hub.aclose()
             await router.aclose()
+            await tool_http.aclose()
 
     app = FastAPI(
         title="stagecast",

@@ -110,6 +110,24 @@ async def complete_chat(request: Request, body: StageRequest) -> Response:
     return await _complete(request, body, "chat")
 
 
+@router.post("/stream/v1/toolchain", responses=STREAM_DOC, response_class=Response)
+async def stream_toolchain(request: Request, body: StageRequest) -> Response:
+    """Stream a tool stage: tool-call deltas, ``tool_summary``, synthesis text, terminal event."""
+    return await _start_stream(request, body, "toolchain")
+
+
+@router.post("/completion/v1/toolchain")
+async def complete_toolchain(request: Request, body: StageRequest) -> Response:
+    """Run a tool stage: ``tool_results`` JSON without synthesis, ``text`` with it."""
+    return await _complete(request, body, "toolchain")
+
+
+@router.get("/v1/tools")
+async def list_tools(request: Request) -> Response:
+    """The tools stages may use: name, description and JSON schema of the arguments."""
+    return json_response({"object": "list", "data": _state(request).tools.describe()})
+
+
 @router.get("/stream/v1/stages/{stage_id}", responses=STREAM_DOC, response_class=Response)
 async def resume_stage(
     request: Request,

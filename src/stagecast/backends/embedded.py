@@ -19,6 +19,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from stagecast.backends.base import ChatCall, ChunkStream, ProbeResult, UpstreamChunk
 from stagecast.config import ModelConfig
 from stagecast.errors import ConfigError, UpstreamError
@@ -127,13 +129,16 @@ class EmbeddedBackend:
         return llm
 
     def _generate(self, llm: Any, call: ChatCall) -> Iterator[dict[str, Any]]:
-        kwargs: dict[str, Any] = {"messages": call.messages, "stream": True}
+        messages, schema = tool_prompt(call)
+        kwargs: dict[str, Any] = {"messages": messages, "stream": True}
         if call.max_tokens is not None:
             kwargs["max_tokens"] = call.max_tokens
         if call.temperature is not None:
             kwargs["temperature"] = call.temperature
-        if call.grammar_schema is not None:
-            kwargs["response_format"] = {"type": "json_object", "schema": call.grammar_schema}
+        schema = call.grammar_schema or schema
+        if schema is not None:
+            # Grammar-constrained decoding: the output can only be a well-formed call.
+            kwargs["response_format"] = {"type": "json_object", "schema": schema}
         result: Iterator[dict[str, Any]] = llm.create_chat_completion(**kwargs)
         return result
 
@@ -188,6 +193,65 @@ class EmbeddedBackend:
                 await asyncio.to_thread(close)
 
 
+def tool_prompt(call: ChatCall) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """How a small local model is offered tools: in the prompt, and by grammar when forced.
+
+    The model's chat template knows nothing of tools, so they are described in a system
+    message and a call is a JSON object ``{"name", "arguments"}`` in plain content (the
+    toolchain's assembler turns that into ``tool_calls``). ``tool_choice`` ``required`` or a
+    named tool constrains decoding with a JSON schema, so the output is always a valid call;
+    ``auto`` only asks, and the model may answer in prose instead; ``none`` offers nothing.
+    """
+    choice = call.tool_choice
+    history = [_plain(m) for m in call.messages]
+    if not call.tools or choice == "none":
+        return history, None
+    tools = [t["function"] for t in call.tools if t.get("type") == "function"]
+    if isinstance(choice, dict):
+        wanted = choice.get("function", {}).get("name")
+        tools = [t for t in tools if t.get("name") == wanted] or tools
+    lines = [
+        "You can call these tools. To call one, reply with only a JSON object "
+        '{"name": <tool name>, "arguments": {...}} and nothing else.',
+    ]
+    for t in tools:
+        params = orjson.dumps(t.get("parameters", {})).decode()
+        lines.append(f"- {t['name']}: {t.get('description', '')} Arguments schema: {params}")
+    system = {"role": "system", "content": "\n".join(lines)}
+    messages = [system, *history]
+    if choice not in ("required",) and not isinstance(choice, dict):
+        return messages, None
+    variants = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "enum": [t["name"]]},
+                "arguments": t.get("parameters") or {"type": "object"},
+            },
+            "required": ["name", "arguments"],
+        }
+        for t in tools
+    ]
+    schema = variants[0] if len(variants) == 1 else {"anyOf": variants}
+    return messages, schema
+
+
+def _plain(message: dict[str, Any]) -> dict[str, Any]:
+    """A message the model's template can render: string content, no structured calls."""
+    content = message.get("content")
+    calls = message.get("tool_calls")
+    if calls:
+        # Prose, not JSON: a small model shown its own JSON tends to repeat it.
+        content = " ".join(
+            f"I called {c['function']['name']} with {c['function']['arguments']}." for c in calls
+        )
+    elif isinstance(content, list):
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    if message.get("role") == "tool":
+        return {"role": "user", "content": f"Tool result: {content or ''}"}
+    return {"role": message.get("role", "user"), "content": content or ""}
+
+
 class _EmbeddedChunks:
     __slots__ = ("_bridge", "_done", "_model", "_tokens")
 
@@ -209,7 +273,9 @@ class _EmbeddedChunks:
             raise StopAsyncIteration
         if isinstance(item, BaseException):
             self._done = True
-            raise UpstreamError(f"embedded model failed: {item}", code="embedded_error")
+            raise UpstreamError(
+                f"embedded model failed: {item}", code="embedded_error", retryable=False
+            )
         item["model"] = self._model
         choices = item.get("choices") or []
         if choices and choices[0].get("delta", {}).get("content"):

@@ -7,6 +7,7 @@ into the event as they came. Only chunks that need a change are rebuilt.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import orjson
@@ -15,6 +16,9 @@ from stagecast.backends.base import UpstreamChunk
 from stagecast.stages.reasoning import ThinkSplitter
 
 ReasoningMode = Literal["separate", "inline", "hidden"]
+# Sees (choice, delta) of the first choice after reasoning is split off and before the answer
+# is accumulated; returns True if it changed the delta. Tool-call assembly hooks in here.
+DeltaHook = Callable[[dict[str, Any], dict[str, Any]], bool]
 
 _REQUIRED = ("id", "object", "created", "model", "choices")
 
@@ -29,14 +33,18 @@ class ChunkNormaliser:
         "_model",
         "_splitter",
         "finish_reason",
+        "hook",
         "mode",
         "reasoning_parts",
         "text_parts",
         "usage",
     )
 
-    def __init__(self, mode: ReasoningMode = "separate", model: str = "") -> None:
+    def __init__(
+        self, mode: ReasoningMode = "separate", model: str = "", hook: DeltaHook | None = None
+    ) -> None:
         self.mode = mode
+        self.hook = hook
         self._splitter = ThinkSplitter()
         self._id = ""
         self._model = model
@@ -82,6 +90,9 @@ class ChunkNormaliser:
                 changed = True
         if not changed:
             return chunk.raw
+        if len(choices) == 1 and not usage and _empty(choices[0]):
+            # Everything in it was held back or moved (a partial tag, a tool call in text).
+            return None
         return orjson.dumps(data)
 
     def _fill(self, data: dict[str, Any], key: str) -> None:
@@ -129,6 +140,8 @@ class ChunkNormaliser:
             if thought:
                 delta["reasoning_content"] = (delta.get("reasoning_content") or "") + thought
                 changed = True
+        if self.hook is not None and choice["index"] == 0 and self.hook(choice, delta):
+            changed = True
         return self._apply_mode(delta) or changed
 
     def _apply_mode(self, delta: dict[str, Any]) -> bool:
@@ -164,3 +177,10 @@ class ChunkNormaliser:
         delta["content"] = merged
         self.text_parts.append(merged)
         return True
+
+
+def _empty(choice: dict[str, Any]) -> bool:
+    if choice.get("finish_reason"):
+        return False
+    delta = choice["delta"]
+    return not any(value for value in delta.values())

@@ -68,6 +68,9 @@ class StageManager:
         """A context for a new stage (its id from the request, or a fresh UUID)."""
         if not self.accepting:
             raise ServiceUnavailableError("the server is shutting down; retry on another replica")
+        validate = getattr(self.producers[mode], "validate", None)
+        if validate is not None:
+            validate(request)
         stage_id = request.stage_id or uuid.uuid4().hex
         return StageContext(
             stage_id=stage_id, request=request, role=role, router=self.router, mode=mode
