@@ -188,3 +188,70 @@ async def test_sdk_resumes_after_a_network_drop(gateway: Gateway, upstream: Fake
     assert stream.resumes >= 1
     assert_protocol(events, "drop-1")
     assert text_of(events) == "".join(WORDS)
+
+
+async def test_cancel_while_waiting_for_the_first_token(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
+    upstream.enqueue(Script(delay_headers=30))
+    async with AsyncStagecast(gateway.url) as client:
+        async with client.stream_chat(user_prompt="x", stage_id="early", raise_on_error=False) as s:
+            upstream.wait_requests(1)
+            receipt = await client.cancel("early")
+            events = [e async for e in s]
+    assert events[-1].event == "cancel"
+    assert receipt["status_after"] == "cancelled"
+    assert receipt["upstream_aborted"] is True
+    upstream.wait_disconnected(0)
+
+
+async def test_stage_over_its_event_bound_ends_with_a_clear_error(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
+    gw = make_gateway(models={"fake": role(upstream.url)}, max_stage_events=20)
+    upstream.enqueue(text_script([f"{i} " for i in range(100)], pace=0.02))
+    with no_leaks(gw):
+        async with AsyncStagecast(gw.url) as client:
+            _, events = await collect(client, user_prompt="x")
+    assert len(events) == 21
+    assert events[-1].event == "error"
+    assert events[-1].data.code == "stage_too_large"  # type: ignore[union-attr]
+    upstream.wait_disconnected(0)
+
+
+async def test_a_reader_that_falls_behind_is_closed_and_can_resume(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
+    gw = make_gateway(models={"fake": role(upstream.url, idle_timeout=30)}, max_reader_lag=100)
+    # One chunk, a pause in which the reader catches up, then far more than socket buffers
+    # hold, flat out, then another pause while the stalled reader comes back.
+    steps = data(chunk({"role": "assistant", "content": ""})) + [Step("sleep", seconds=1)]
+    for i in range(20_000):
+        steps += data(chunk({"content": f"{i:05d} " + "x" * 200}))
+    steps += [Step("sleep", seconds=4)]
+    steps += data(chunk({}, finish="stop")) + [Step("data", b"[DONE]")]
+    upstream.enqueue(Script(steps))
+    body = {"user_prompt": "x", "on_disconnect": "continue", "stage_id": "laggard"}
+    from tests.peers.servers import wait_for
+
+    decoder = SSEDecoder()
+    first: list[Any] = []
+    async with httpx.AsyncClient(base_url=gw.url, timeout=60) as http:
+        async with http.stream("POST", "/stream/v1/chat", json=body) as r:
+            raw = aiter(r.aiter_raw())
+            while not first:
+                first += decoder.feed(await anext(raw))
+            # Now stop reading until the model server has sent all but the end.
+            assert await asyncio.to_thread(
+                wait_for, lambda: gw.state.hub._logs["laggard"].info.last_seq >= 20_001, 60
+            )
+            async for piece in raw:
+                first += decoder.feed(piece)
+    assert first[-1].event == "chat_completion_chunk", "closed without a terminal event"
+    ids = [int(e.id) for e in first]
+    assert ids == list(range(1, len(ids) + 1))
+    async with AsyncStagecast(gw.url) as client:
+        async with client.attach("laggard", ids[-1]) as stream:
+            rest = [e async for e in stream]
+    assert rest[0].id == ids[-1] + 1
+    assert rest[-1].event == "done"

@@ -21,6 +21,9 @@ from stagecast.hub.base import (
 )
 from stagecast.protocol.sse import encode_frame
 
+# Most frames one write may carry (about 170 KB of typical chunk events).
+MAX_BATCH = 512
+
 
 class _Log:
     __slots__ = (
@@ -126,19 +129,25 @@ class MemoryHub:
             raise StageNotFoundError(f"no stage {stage_id!r} (unknown or expired)")
         pos = max(after, 0)
         loop = asyncio.get_running_loop()
+        # Lag counts only once a reader has caught up: a reader replaying history starts far
+        # behind by design, and is not the slow consumer this bound is for.
+        caught_up = False
         while True:
             frames = log.frames
             n = len(frames)
             if pos < n:
-                if n - pos > self.max_reader_lag and not log.terminal:
+                if caught_up and n - pos > self.max_reader_lag and not log.terminal:
                     raise ReaderLagError(
                         f"reader is {n - pos} events behind stage {stage_id!r}; resume from "
                         f"Last-Event-ID {pos}"
                     )
-                batch = frames[pos] if n - pos == 1 else b"".join(frames[pos:n])
-                pos = n
+                # Bounded batches keep what one slow socket buffers to a few hundred KB.
+                end = min(n, pos + MAX_BATCH)
+                batch = frames[pos] if end - pos == 1 else b"".join(frames[pos:end])
+                pos = end
                 yield batch
                 continue
+            caught_up = True
             if log.terminal:
                 return
             fut: asyncio.Future[None] = loop.create_future()

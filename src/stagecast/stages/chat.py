@@ -22,9 +22,10 @@ async def run_chat(ctx: StageContext) -> StageOutcome:
     prefix = ctx.prefix("chunk")
     emit = ctx.emit
     stats = ctx.stats
-    async with ctx.router.stream(ctx.role, call) as chunks:
-        stats.upstream_open = True
-        try:
+    # Open from the request on, so a cancel during the first-token wait counts as an abort.
+    stats.upstream_open = True
+    try:
+        async with ctx.router.stream(ctx.role, call) as chunks:
             async for upstream in chunks:
                 out = norm.process(upstream)
                 if out is None:
@@ -33,8 +34,8 @@ async def run_chat(ctx: StageContext) -> StageOutcome:
                     stats.first_token_at = time.time()
                 stats.chunks += 1
                 await emit("chat_completion_chunk", prefix + out + b"}")
-        finally:
-            stats.upstream_open = False
+    finally:
+        stats.upstream_open = False
     stats.completion_tokens = _completion_tokens(norm.usage, stats.chunks)
     return StageOutcome(
         text=norm.text,

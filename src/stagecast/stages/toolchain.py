@@ -151,9 +151,9 @@ class _Toolchain:
         hook = _AssemblyHook(assembler)
         norm = ChunkNormaliser(ctx.request.reasoning, hook=hook)
         emit = ctx.emit
-        async with ctx.router.stream(ctx.role, call) as chunks:
-            stats.upstream_open = True
-            try:
+        stats.upstream_open = True
+        try:
+            async with ctx.router.stream(ctx.role, call) as chunks:
                 async for upstream in chunks:
                     out = norm.process(upstream)
                     if out is None:
@@ -162,8 +162,8 @@ class _Toolchain:
                         stats.first_token_at = time.time()
                     stats.chunks += 1
                     await emit("tool_completion_chunk", self.prefix + out + b"}")
-            finally:
-                stats.upstream_open = False
+        finally:
+            stats.upstream_open = False
         if assembler is not None and not hook.finished:
             # The stream ended without a finish_reason chunk: release what is held back.
             deltas, text = hook.finish()
