@@ -79,6 +79,41 @@ class ToolsConfig(BaseModel):
     http_timeout: PositiveSeconds = 10.0
 
 
+class ApiKeyConfig(BaseModel):
+    """One API key: an id for logs and ownership, the key (from env or as a hash), limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+    # Exactly one of: the name of an environment variable holding the key, or the key's
+    # SHA-256 hex digest (so the file holds no secret).
+    key_env: str | None = None
+    key_sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    # Roles this key may use; None means every role.
+    roles: list[str] | None = None
+    max_concurrent_stages: Annotated[int, Field(ge=1)] | None = None
+    # Token bucket: sustained requests per minute and the burst above it.
+    rate_per_minute: Annotated[float, Field(gt=0)] | None = None
+    burst: Annotated[int, Field(ge=1)] = 10
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> ApiKeyConfig:
+        if (self.key_env is None) == (self.key_sha256 is None):
+            raise ValueError(f"api key {self.id!r} needs exactly one of key_env or key_sha256")
+        return self
+
+
+class LimitsConfig(BaseModel):
+    """Bounds on what one request may ask for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
+    max_messages: Annotated[int, Field(ge=1)] = 256
+    max_prompt_chars: Annotated[int, Field(ge=1)] = 200_000
+    max_tool_rounds: Annotated[int, Field(ge=1, le=16)] = 8
+
+
 def _default_models() -> dict[str, ModelConfig]:
     return {DEFAULT_ROLE: ModelConfig(kind="embedded", max_concurrency=1)}
 
@@ -107,7 +142,14 @@ class Settings(BaseSettings):
     shutdown_grace: Annotated[float, Field(ge=0)] = 10.0
     health_timeout: PositiveSeconds = 2.0
     redis_url: str | None = None
+    database_url: str | None = None
+    database_path: str = "stagecast.db"
+    api_keys: list[ApiKeyConfig] = Field(default_factory=list)
+    insecure_no_auth: bool = False
+    cors_origins: list[str] = Field(default_factory=list)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     log_level: str = "info"
+    log_format: Literal["json", "text"] = "json"
 
     @model_validator(mode="after")
     def _roles_are_consistent(self) -> Settings:
@@ -119,6 +161,13 @@ class Settings(BaseSettings):
             for fb in cfg.fallbacks:
                 if fb not in self.models:
                     raise ValueError(f"role {role!r} falls back to unknown role {fb!r}")
+        ids = [k.id for k in self.api_keys]
+        if len(set(ids)) != len(ids):
+            raise ValueError("api key ids must be unique")
+        for key in self.api_keys:
+            unknown = [r for r in key.roles or [] if r not in self.models]
+            if unknown:
+                raise ValueError(f"api key {key.id!r} allows unknown roles {unknown}")
         return self
 
     @property

@@ -10,7 +10,9 @@ from types import FrameType
 import uvicorn
 
 from stagecast.api.app import create_app
+from stagecast.api.auth import check_exposure
 from stagecast.config import Settings
+from stagecast.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +63,15 @@ def build_config(settings: Settings) -> uvicorn.Config:
         loop="auto",
         http="auto",
         log_level=settings.log_level,
+        # Our own JSON logging is configured by run_server; uvicorn must not replace it.
+        log_config=None,
         timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
         lifespan="on",
     )
 
 
 def run_server(settings: Settings) -> None:
-    """Serve until SIGTERM."""
+    """Serve until SIGTERM; ``ConfigError`` if the settings are unsafe to serve."""
+    check_exposure(settings)
+    configure_logging(settings.log_level, settings.log_format)
     _Server(build_config(settings)).run()

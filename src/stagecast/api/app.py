@@ -8,15 +8,20 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from stagecast._version import __version__
+from stagecast.api.auth import KeyRing
 from stagecast.api.errors import install_error_handlers
+from stagecast.api.limits import Limits, MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from stagecast.api.middleware import RequestContext
 from stagecast.api.routes import router as routes
 from stagecast.backends.router import Router
 from stagecast.config import Settings
 from stagecast.hub.base import StreamHub
 from stagecast.hub.memory import MemoryHub
-from stagecast.stages.runs import StageManager
+from stagecast.metrics import Metrics
+from stagecast.stages.runs import StageEnd, StageManager
 from stagecast.stages.toolchain import ToolPolicy, make_toolchain
 from stagecast.tools.builtins import ToolHttp
 from stagecast.tools.registry import ToolRegistry, build_registry
@@ -34,9 +39,12 @@ class AppState:
     stages: StageManager
     tools: ToolRegistry
     tool_http: ToolHttp
+    keys: KeyRing
+    limits: Limits
+    metrics: Metrics
 
 
-def make_hub(settings: Settings) -> StreamHub:
+def make_hub(settings: Settings, metrics: Metrics | None = None) -> StreamHub:
     """The memory hub, or the Redis hub when ``redis_url`` is set."""
     limits = {
         "ttl": settings.stage_ttl,
@@ -55,19 +63,48 @@ def make_hub(settings: Settings) -> StreamHub:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the gateway app; ``settings`` default to the environment and no file."""
     settings = settings or Settings()
-    # Tool modules load now, so that a broken [tools] config fails at startup, not mid-stage.
+    # Checked now, so that a broken [tools] or [[api_keys]] fails at startup, not mid-stage.
     tool_http = ToolHttp.from_config(settings.tools)
     tools = build_registry(settings.tools, tool_http)
+    keys = KeyRing(settings.api_keys)
+    metrics = Metrics()
+    rate: RateLimiter = (
+        RedisRateLimiter(settings.redis_url) if settings.redis_url else MemoryRateLimiter()
+    )
+    limits = Limits(rate)
+
+    def stage_ended(end: StageEnd) -> None:
+        ctx = end.ctx
+        stats = ctx.stats
+        ttft = stats.first_token_at - stats.started_at if stats.first_token_at else None
+        tools_done = [
+            (str(d.get("name")), d.get("error") is None)
+            for d in (end.outcome.tool_calls or [] if end.outcome else [])
+        ]
+        metrics.stage_ended(
+            role=ctx.role,
+            mode=ctx.mode,
+            status=end.status,
+            ttft=ttft,
+            chunks=stats.chunks,
+            error_code=end.error.code if end.error else None,
+            tools=tools_done,
+        )
+        metrics.active_stages.dec()
+        limits.release(ctx.owner)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         router = Router(settings)
-        hub = make_hub(settings)
+        hub = make_hub(settings, metrics)
         policy = ToolPolicy(
             tools, timeout=settings.tools.timeout, max_concurrency=settings.tools.max_concurrency
         )
         stages = StageManager(
-            router=router, hub=hub, producers={"toolchain": make_toolchain(policy)}
+            router=router,
+            hub=hub,
+            producers={"toolchain": make_toolchain(policy)},
+            on_end=stage_ended,
         )
         state = AppState(
             settings=settings,
@@ -76,9 +113,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stages=stages,
             tools=tools,
             tool_http=tool_http,
+            keys=keys,
+            limits=limits,
+            metrics=metrics,
         )
         app.state.stagecast = state
-        log.info("stagecast ready", extra={"roles": router.roles})
+        log.info("stagecast ready", extra={"roles": router.roles, "auth": keys.enabled})
         try:
             yield
         finally:
@@ -86,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await hub.aclose()
             await router.aclose()
             await tool_http.aclose()
+            await rate.aclose()
 
     app = FastAPI(
         title="stagecast",
@@ -95,4 +136,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(routes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-Id"],
+            expose_headers=["X-Stage-Id", "X-Request-Id"],
+        )
+    app.add_middleware(RequestContext, max_body_bytes=settings.limits.max_body_bytes)
     return app

@@ -75,8 +75,10 @@ async def _validation(request: Request, exc: Exception) -> Response:
 
 async def _stagecast(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StagecastError)
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return json_response(
-        error_body(exc.message, exc.code, retryable=exc.retryable), status_for(exc)
+        error_body(exc.message, exc.code, retryable=exc.retryable), status_for(exc), headers
     )
 
 

@@ -4,44 +4,95 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
+from stagecast.api.auth import Principal
 from stagecast.api.errors import error_body, json_response, status_for
 from stagecast.api.stream import StageEventStream
-from stagecast.errors import StagecastError
-from stagecast.hub.base import StageNotFoundError
+from stagecast.config import LimitsConfig
+from stagecast.errors import InvalidRequestError, StagecastError
+from stagecast.hub.base import StageInfo, StageNotFoundError
 from stagecast.protocol.requests import StageRequest
 from stagecast.protocol.results import ErrorResult, TextResult, ToolResultsResult
 from stagecast.stages.context import StageContext, StageMode
 
+if TYPE_CHECKING:
+    from stagecast.api.app import AppState
+
 router = APIRouter()
 
 
-def _state(request: Request) -> Any:
-    return request.app.state.stagecast
+def _state(request: Request) -> AppState:
+    state: AppState = request.app.state.stagecast
+    return state
+
+
+def _principal(request: Request) -> Principal:
+    return _state(request).keys.authenticate(request.headers.get("authorization"))
+
+
+def _check_limits(body: StageRequest, limits: LimitsConfig) -> None:
+    if body.messages and len(body.messages) > limits.max_messages:
+        raise InvalidRequestError(
+            f"messages has {len(body.messages)} entries; the limit is {limits.max_messages}"
+        )
+    chars = len(body.system_prompt or "") + len(body.user_prompt or "")
+    for message in body.messages or []:
+        content = message.content
+        chars += len(content) if isinstance(content, str) else len(str(content or ""))
+    if chars > limits.max_prompt_chars:
+        raise InvalidRequestError(
+            f"the prompt is {chars} characters long; the limit is {limits.max_prompt_chars}"
+        )
+    if body.max_tool_rounds > limits.max_tool_rounds:
+        raise InvalidRequestError(
+            f"max_tool_rounds is {body.max_tool_rounds}; the limit is {limits.max_tool_rounds}"
+        )
+
+
+async def _admit(request: Request, body: StageRequest, mode: StageMode) -> StageContext:
+    """Authenticate, validate and admit a new stage (every refusal is a JSON 4xx)."""
+    state = _state(request)
+    principal = _principal(request)
+    _check_limits(body, state.settings.limits)
+    role = state.router.resolve(body.model_container)
+    principal.check_role(role)
+    ctx: StageContext = state.stages.context(body, role, mode, owner=principal.key_id)
+    await state.limits.admit(principal)
+    state.metrics.active_stages.inc()
+    return ctx
+
+
+def _not_admitted(state: AppState, ctx: StageContext) -> None:
+    state.metrics.active_stages.dec()
+    state.limits.release(ctx.owner)
 
 
 async def _start_stream(request: Request, body: StageRequest, mode: StageMode) -> Response:
     state = _state(request)
-    role = state.router.resolve(body.model_container)
-    ctx = state.stages.context(body, role, mode)
-    await state.stages.start(ctx)
+    ctx = await _admit(request, body, mode)
+    try:
+        await state.stages.start(ctx)
+    except BaseException:
+        _not_admitted(state, ctx)
+        raise
     return StageEventStream(
         state.hub,
         ctx.stage_id,
         heartbeat=state.settings.heartbeat_interval,
         cancel_on_leave=body.on_disconnect == "cancel",
+        metrics=state.metrics,
     )
 
 
 async def _complete(request: Request, body: StageRequest, mode: StageMode) -> Response:
     state = _state(request)
-    role = state.router.resolve(body.model_container)
-    ctx: StageContext = state.stages.context(body, role, mode)
+    ctx = await _admit(request, body, mode)
     headers = {"X-Stage-Id": ctx.stage_id}
     run = asyncio.ensure_future(state.stages.run_inline(ctx))
     left = asyncio.ensure_future(_client_left(request))
@@ -125,6 +176,7 @@ async def complete_toolchain(request: Request, body: StageRequest) -> Response:
 @router.get("/v1/tools")
 async def list_tools(request: Request) -> Response:
     """The tools stages may use: name, description and JSON schema of the arguments."""
+    _principal(request)
     return json_response({"object": "list", "data": _state(request).tools.describe()})
 
 
@@ -137,9 +189,7 @@ async def resume_stage(
 ) -> Response:
     """Replay what a client missed after ``Last-Event-ID``, then follow the stage live."""
     state = _state(request)
-    info = await state.hub.info(stage_id)
-    if info is None:
-        raise StageNotFoundError(f"no stage {stage_id!r} (unknown, or expired after its ttl)")
+    info = await _visible_stage(request, stage_id)
     after = last_event_id or 0
     if last_event_id_header:
         try:
@@ -155,17 +205,15 @@ async def resume_stage(
         after=after,
         heartbeat=state.settings.heartbeat_interval,
         cancel_on_leave=info.meta.get("on_disconnect", "cancel") == "cancel",
+        metrics=state.metrics,
     )
 
 
 @router.post("/stream/v1/stages/{stage_id}/cancel")
 async def cancel_stage(request: Request, stage_id: str) -> Response:
     """Cancel a running stage (idempotent) and answer with a receipt."""
-    state = _state(request)
-    hub = state.hub
-    info = await hub.info(stage_id)
-    if info is None:
-        raise StageNotFoundError(f"no stage {stage_id!r} (unknown, or expired after its ttl)")
+    hub = _state(request).hub
+    info = await _visible_stage(request, stage_id)
     before = info.status
     requested = False
     if before == "running":
@@ -193,10 +241,20 @@ async def cancel_stage(request: Request, stage_id: str) -> Response:
     return json_response(receipt)
 
 
+async def _visible_stage(request: Request, stage_id: str) -> StageInfo:
+    """The stage if it exists and belongs to the caller; otherwise the same 404 either way."""
+    principal = _principal(request)
+    info: StageInfo | None = await _state(request).hub.info(stage_id)
+    if info is None or (principal.key_id is not None and info.owner != principal.key_id):
+        raise StageNotFoundError(f"no stage {stage_id!r} (unknown, or expired after its ttl)")
+    return info
+
+
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     """The configured roles (what ``model_container`` may name)."""
     state = _state(request)
+    _principal(request)
     r = state.router
     data = []
     for role in r.roles:
@@ -230,3 +288,9 @@ async def healthz(request: Request) -> Response:
         "backends": backends,
     }
     return json_response(body, 200 if state.stages.accepting else 503)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics (open, like /healthz, for scrapers)."""
+    return Response(_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from stagecast.hub.base import ReaderLagError, StageNotFoundError, StreamHub
+from stagecast.metrics import Metrics
 from stagecast.protocol.sse import encode_comment
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,9 @@ class StageEventStream(Response):
         heartbeat: float = 15.0,
         cancel_on_leave: bool = True,
         headers: dict[str, str] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.status_code = 200
         self.background = None
         self.hub = hub
@@ -58,6 +61,8 @@ class StageEventStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.sse_headers})
         await self.hub.attach(self.stage_id)
+        if self.metrics is not None:
+            self.metrics.active_streams.inc()
         writer = asyncio.ensure_future(self._write(send))
         watcher = asyncio.ensure_future(_wait_disconnect(receive))
         outcome = "gone"
@@ -73,6 +78,8 @@ class StageEventStream(Response):
             # Only a client that left counts as leaving: a reader closed for lagging will
             # come back with Last-Event-ID.
             await self._leave(client_left=outcome == "gone")
+            if self.metrics is not None:
+                self.metrics.active_streams.dec()
         if outcome != "gone":
             with contextlib.suppress(OSError):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 from fastapi import FastAPI
-from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
@@ -46,7 +45,7 @@ class _Assets(StaticFiles):
         return response
 
 
-async def _index(request: Request) -> Response:
+async def _index() -> Response:
     return FileResponse(
         STATIC_DIR / "index.html",
         media_type="text/html",
@@ -73,6 +72,5 @@ def install_ui(app: FastAPI) -> None:
         methods=["GET"],
         name=_INDEX_ROUTE,
         include_in_schema=False,
-        response_class=FileResponse,
     )
     app.mount(UI_PREFIX, _Assets(directory=STATIC_DIR), name=_ASSETS_ROUTE)

@@ -19,6 +19,7 @@ async def run_chat(ctx: StageContext) -> StageOutcome:
         stage_id=ctx.stage_id,
     )
     norm = ChunkNormaliser(req.reasoning)
+    ctx.stats.text_parts = norm.text_parts
     prefix = ctx.prefix("chunk")
     emit = ctx.emit
     stats = ctx.stats

@@ -26,6 +26,8 @@ class StageStats:
     completion_tokens: int = 0
     upstream_open: bool = False
     tools_run: list[str] = field(default_factory=list)
+    # The answer so far, shared with the producer's normaliser (for records of failed stages).
+    text_parts: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -47,7 +49,17 @@ async def _discard(event: str, data: bytes) -> None:
 class StageContext:
     """One stage's request, role and event sink, shared by the producers."""
 
-    __slots__ = ("emit", "mode", "request", "role", "router", "sid_json", "stage_id", "stats")
+    __slots__ = (
+        "emit",
+        "mode",
+        "owner",
+        "request",
+        "role",
+        "router",
+        "sid_json",
+        "stage_id",
+        "stats",
+    )
 
     def __init__(
         self,
@@ -58,8 +70,10 @@ class StageContext:
         router: Router,
         mode: StageMode,
         emit: Emit | None = None,
+        owner: str | None = None,
     ) -> None:
         self.stage_id = stage_id
+        self.owner = owner
         self.request = request
         self.role = role
         self.router = router

@@ -11,10 +11,11 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from stagecast.backends.router import Router
-from stagecast.errors import ServiceUnavailableError, StagecastError, StageLimitError
+from stagecast.errors import ServiceUnavailableError, StagecastError
 from stagecast.hub.base import StreamHub
 from stagecast.protocol.requests import StageRequest
 from stagecast.stages.chat import run_chat
@@ -23,6 +24,19 @@ from stagecast.stages.context import StageContext, StageMode, StageOutcome
 log = logging.getLogger(__name__)
 
 Producer = Callable[[StageContext], Awaitable[StageOutcome]]
+
+
+@dataclass(slots=True)
+class StageEnd:
+    """How a stage ended, handed to metrics and the record store."""
+
+    ctx: StageContext
+    status: str  # done | cancelled | error
+    outcome: StageOutcome | None = None
+    error: StagecastError | None = None
+
+
+EndHook = Callable[[StageEnd], None]
 
 
 class StageRun:
@@ -57,14 +71,18 @@ class StageManager:
         router: Router,
         hub: StreamHub,
         producers: dict[str, Producer] | None = None,
+        on_end: EndHook | None = None,
     ) -> None:
         self.router = router
         self.hub = hub
+        self.on_end = on_end
         self.producers: dict[str, Producer] = {"chat": run_chat, **(producers or {})}
         self.runs: dict[str, StageRun] = {}
         self.accepting = True
 
-    def context(self, request: StageRequest, role: str, mode: StageMode) -> StageContext:
+    def context(
+        self, request: StageRequest, role: str, mode: StageMode, owner: str | None = None
+    ) -> StageContext:
         """A context for a new stage (its id from the request, or a fresh UUID)."""
         if not self.accepting:
             raise ServiceUnavailableError("the server is shutting down; retry on another replica")
@@ -73,17 +91,22 @@ class StageManager:
             validate(request)
         stage_id = request.stage_id or uuid.uuid4().hex
         return StageContext(
-            stage_id=stage_id, request=request, role=role, router=self.router, mode=mode
+            stage_id=stage_id,
+            request=request,
+            role=role,
+            router=self.router,
+            mode=mode,
+            owner=owner,
         )
 
-    async def start(self, ctx: StageContext, *, owner: str | None = None) -> StageRun:
+    async def start(self, ctx: StageContext) -> StageRun:
         """Open the stage's log and start its run; 409 if the id is live."""
         meta = {
             "role": ctx.role,
             "mode": ctx.mode,
             "on_disconnect": ctx.request.on_disconnect,
         }
-        await self.hub.open(ctx.stage_id, owner=owner, meta=meta)
+        await self.hub.open(ctx.stage_id, owner=ctx.owner, meta=meta)
         hub = self.hub
         stage_id = ctx.stage_id
 
@@ -100,7 +123,28 @@ class StageManager:
 
     async def run_inline(self, ctx: StageContext) -> StageOutcome:
         """Run a stage for a completion route: no log, the caller awaits the outcome."""
-        return await self.producers[ctx.mode](ctx)
+        try:
+            outcome = await self.producers[ctx.mode](ctx)
+        except asyncio.CancelledError:
+            self._ended(StageEnd(ctx, "cancelled"))
+            raise
+        except StagecastError as exc:
+            self._ended(StageEnd(ctx, "error", error=exc))
+            raise
+        except Exception as exc:
+            self._ended(StageEnd(ctx, "error", error=StagecastError(f"internal error: {exc}")))
+            raise
+        self._ended(StageEnd(ctx, "done", outcome=outcome))
+        return outcome
+
+    def _ended(self, end: StageEnd) -> None:
+        if self.on_end is None:
+            return
+        try:
+            self.on_end(end)
+        except Exception:
+            # Accounting must never break a stage.
+            log.exception("stage end hook failed", extra={"stage_id": end.ctx.stage_id})
 
     async def _drive(self, run: StageRun) -> None:
         ctx = run.ctx
@@ -110,16 +154,13 @@ class StageManager:
             if run.why is None:
                 raise
             await self._end_cancelled(run)
-        except StageLimitError as exc:
-            await self._terminal(run, "error", _error(ctx, exc))
         except StagecastError as exc:
-            await self._terminal(run, "error", _error(ctx, exc))
+            await self._terminal(run, "error", _error(ctx, exc), StageEnd(ctx, "error", error=exc))
         except Exception as exc:
             log.exception("stage failed", extra={"stage_id": ctx.stage_id})
+            error = StagecastError(f"internal error: {exc}", retryable=True)
             await self._terminal(
-                run,
-                "error",
-                ctx.payload(error=f"internal error: {exc}", code="internal_error", retryable=True),
+                run, "error", _error(ctx, error), StageEnd(ctx, "error", error=error)
             )
         else:
             fields: dict[str, Any] = {}
@@ -127,17 +168,20 @@ class StageManager:
                 fields["usage"] = outcome.usage
             if outcome.finish_reason:
                 fields["finish_reason"] = outcome.finish_reason
-            await self._terminal(run, "done", ctx.payload(**fields))
+            end = StageEnd(ctx, "done", outcome=outcome)
+            await self._terminal(run, "done", ctx.payload(**fields), end)
 
     async def _end_cancelled(self, run: StageRun) -> None:
         ctx = run.ctx
         if run.why == "shutdown":
-            payload = ctx.payload(
-                error="the server shut down before the stage finished; run it again",
+            error = StagecastError(
+                "the server shut down before the stage finished; run it again",
                 code="server_shutdown",
                 retryable=True,
             )
-            await self._terminal(run, "error", payload)
+            await self._terminal(
+                run, "error", _error(ctx, error), StageEnd(ctx, "error", error=error)
+            )
             return
         stats = ctx.stats
         payload = ctx.payload(
@@ -146,9 +190,9 @@ class StageManager:
             completion_tokens=stats.completion_tokens or stats.chunks,
             tools_run=stats.tools_run,
         )
-        await self._terminal(run, "cancel", payload)
+        await self._terminal(run, "cancel", payload, StageEnd(ctx, "cancelled"))
 
-    async def _terminal(self, run: StageRun, event: str, payload: bytes) -> None:
+    async def _terminal(self, run: StageRun, event: str, payload: bytes, end: StageEnd) -> None:
         if run.finished:
             return
         run.finished = True
@@ -156,6 +200,7 @@ class StageManager:
             await self.hub.append(run.stage_id, event, payload)
         except StagecastError:
             log.warning("could not write terminal event", extra={"stage_id": run.stage_id})
+        self._ended(end)
 
     def _reap(self, run: StageRun) -> None:
         if self.runs.get(run.stage_id) is run:

@@ -150,6 +150,7 @@ class _Toolchain:
         assembler = ToolCallAssembler(self.tools) if assemble else None
         hook = _AssemblyHook(assembler)
         norm = ChunkNormaliser(ctx.request.reasoning, hook=hook)
+        stats.text_parts = norm.text_parts
         emit = ctx.emit
         stats.upstream_open = True
         try:

@@ -31,6 +31,7 @@ const CAN_RESUME =
 const ui = {
   role: document.getElementById("role"),
   mode: document.getElementById("mode"),
+  toolsField: document.getElementById("tools-field"),
   toolsPicker: document.getElementById("tools-picker"),
   toolsSummary: document.getElementById("tools-summary"),
   toolsList: document.getElementById("tools-list"),
@@ -49,6 +50,7 @@ const state = {
   history: [], // OpenAI chat messages of finished turns: user, assistant, user, ...
   turn: null, // the running Turn, if any
   tools: null, // [{name, description}] once loaded; [] when the gateway offers none
+  stickToBottom: true, // follow the answer unless the reader scrolled up
 };
 
 // --- the pickers -------------------------------------------------------------------------
@@ -111,15 +113,15 @@ function selectedTools() {
 function updateToolsSummary() {
   const all = state.tools ? state.tools.length : 0;
   ui.toolsSummary.textContent = all
-    ? `Tools · ${selectedTools().length} of ${all}`
+    ? `${selectedTools().length} of ${all}`
     : state.tools
-      ? "Tools · none"
-      : "Tools";
+      ? "none"
+      : "loading…";
 }
 
 function updateMode() {
   const mode = MODES[ui.mode.value] || MODES.chat;
-  ui.toolsPicker.hidden = !mode.tools;
+  ui.toolsField.hidden = !mode.tools;
 }
 
 // --- one turn ------------------------------------------------------------------------------
@@ -195,16 +197,28 @@ class ToolCard {
   }
 }
 
+/** JSON (or a JSON string) for display: on one line when short, indented when not. */
 function pretty(value) {
-  if (value === undefined || value === null) return value === null ? "null" : "";
+  let parsed = value;
   if (typeof value === "string") {
     try {
-      return JSON.stringify(JSON.parse(value), null, 2);
+      parsed = JSON.parse(value);
     } catch {
-      return value;
+      return value; // arguments still streaming, or a plain-text result
     }
   }
-  return JSON.stringify(value, null, 2);
+  if (parsed === undefined) return "";
+  const short = oneLine(parsed);
+  return short.length <= 80 ? short : JSON.stringify(parsed, null, 2);
+}
+
+function oneLine(value) {
+  if (Array.isArray(value)) return `[${value.map(oneLine).join(", ")}]`;
+  if (value && typeof value === "object") {
+    const items = Object.entries(value).map(([k, v]) => `${JSON.stringify(k)}: ${oneLine(v)}`);
+    return `{${items.join(", ")}}`;
+  }
+  return JSON.stringify(value) ?? String(value);
 }
 
 class Turn {
@@ -238,6 +252,13 @@ class Turn {
     );
     this.toolsEl = el("div", { class: "tool-cards", hidden: true });
     this.answerEl = el("div", { class: "answer md" });
+    this.typingEl = el(
+      "div",
+      { class: "typing", "aria-hidden": "true" },
+      el("span"),
+      el("span"),
+      el("span"),
+    );
     this.errorEl = el("div", { class: "stage-error", role: "alert", hidden: true });
     this.timelineList = el("ol", { class: "timeline-list" });
     this.timelineSummary = el("summary", {}, "Timeline");
@@ -247,27 +268,30 @@ class Turn {
       this.timelineSummary,
       this.timelineList,
     );
+    this.answerBox = el(
+      "section",
+      // Busy while streaming, so screen readers announce the answer once, not per chunk.
+      { class: "msg assistant", "aria-label": "Answer", "aria-busy": "true" },
+      el(
+        "header",
+        { class: "meta" },
+        el("span", { class: "chip" }, role || "default role"),
+        el("span", { class: "chip" }, mode.label),
+        this.statusEl,
+        this.stageEl,
+      ),
+      this.reasoningEl,
+      this.toolsEl,
+      this.typingEl,
+      this.answerEl,
+      this.errorEl,
+      this.timelineEl,
+    );
     this.root = el(
       "article",
       { class: "turn", "data-mode": mode.label },
       el("div", { class: "msg user" }, el("div", { class: "bubble" }, prompt)),
-      el(
-        "section",
-        { class: "msg assistant", "aria-label": "Answer" },
-        el(
-          "header",
-          { class: "meta" },
-          el("span", { class: "chip" }, role || "default role"),
-          el("span", { class: "chip" }, mode.label),
-          this.statusEl,
-          this.stageEl,
-        ),
-        this.reasoningEl,
-        this.toolsEl,
-        this.answerEl,
-        this.errorEl,
-        this.timelineEl,
-      ),
+      this.answerBox,
     );
     this.mark("started", `POST ${mode.path}`);
   }
@@ -373,6 +397,7 @@ class Turn {
 
   noteFirstToken(what) {
     if (this.firstToken !== null) return;
+    this.typingEl.hidden = true;
     this.firstToken = this.elapsed();
     this.mark("first token", what, "first");
   }
@@ -483,11 +508,13 @@ class Turn {
     this.finished = true;
     this.outcome = status;
     this.totalMs = this.elapsed();
+    this.typingEl.hidden = true;
     for (const card of this.calls) if (card.result === undefined) card.finishArgs();
     this.renderNow();
     this.setStatus(status, label);
     this.mark(label, detail, status);
     this.root.dataset.outcome = status;
+    this.answerBox.setAttribute("aria-busy", "false");
     this.autoscroll();
   }
 
@@ -508,10 +535,7 @@ class Turn {
   }
 
   autoscroll() {
-    const box = ui.conversation;
-    if (box.scrollHeight - box.scrollTop - box.clientHeight < 160 || !this.finished) {
-      box.scrollTop = box.scrollHeight;
-    }
+    if (state.stickToBottom) ui.conversation.scrollTop = ui.conversation.scrollHeight;
   }
 
   /** What this turn adds to the conversation history, or null. */
@@ -540,7 +564,7 @@ function doneDetail(data) {
 
 function setRunning(running) {
   ui.stop.hidden = !running;
-  ui.send.disabled = running;
+  ui.send.hidden = running;
   document.body.classList.toggle("running", running);
 }
 
@@ -564,7 +588,7 @@ async function send() {
       const chosen = selectedTools();
       if (!chosen.length) {
         ui.toolsPicker.open = true;
-        ui.toolsSummary.textContent = "Tools · pick at least one";
+        ui.toolsSummary.textContent = "pick at least one";
         return;
       }
       body.tools = chosen;
@@ -579,6 +603,7 @@ async function send() {
   autosize();
   state.turn = turn;
   setRunning(true);
+  state.stickToBottom = true;
   turn.autoscroll();
 
   const stream = new StageStream({
@@ -658,10 +683,22 @@ ui.prompt.addEventListener("keydown", (event) => {
   }
 });
 ui.prompt.addEventListener("input", autosize);
+ui.conversation.addEventListener(
+  "scroll",
+  () => {
+    const box = ui.conversation;
+    state.stickToBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+  },
+  { passive: true },
+);
 document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape" && state.turn) {
+  if (event.key !== "Escape") return;
+  if (state.turn) {
     event.preventDefault();
     stop();
+  } else if (ui.toolsPicker.open) {
+    ui.toolsPicker.open = false;
+    ui.toolsPicker.querySelector("summary").focus();
   }
 });
 ui.stop.addEventListener("click", stop);
