@@ -14,9 +14,10 @@ from stagecast.config import ModelConfig, Settings
 from tests.peers.fake_upstream import FakeUpstream, fake_upstream
 from tests.peers.open_meteo import open_meteo
 from tests.peers.servers import ServerThread, serve
+from tests.peers.services import redis_prefix, redis_url
 
 # Fixtures defined elsewhere and shared by every test module.
-__all__ = ["open_meteo"]
+__all__ = ["open_meteo", "redis_prefix", "redis_url"]
 
 KEEP_ENV = {"STAGECAST_REQUIRE_SERVICES"}
 

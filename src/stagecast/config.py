@@ -142,6 +142,8 @@ class Settings(BaseSettings):
     shutdown_grace: Annotated[float, Field(ge=0)] = 10.0
     health_timeout: PositiveSeconds = 2.0
     redis_url: str | None = None
+    # Key prefix in Redis, so several gateways (or test runs) can share one server.
+    redis_prefix: str = "stagecast:"
     database_url: str | None = None
     database_path: str = "stagecast.db"
     api_keys: list[ApiKeyConfig] = Field(default_factory=list)

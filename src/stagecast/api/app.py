@@ -56,7 +56,7 @@ def make_hub(settings: Settings, metrics: Metrics | None = None) -> StreamHub:
     if settings.redis_url:
         from stagecast.hub.redis import RedisHub
 
-        return RedisHub(settings.redis_url, **limits)  # type: ignore[arg-type]
+        return RedisHub(settings.redis_url, prefix=settings.redis_prefix, **limits)  # type: ignore[arg-type]
     return MemoryHub(**limits)  # type: ignore[arg-type]
 
 
@@ -69,7 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     keys = KeyRing(settings.api_keys)
     metrics = Metrics()
     rate: RateLimiter = (
-        RedisRateLimiter(settings.redis_url) if settings.redis_url else MemoryRateLimiter()
+        RedisRateLimiter(settings.redis_url, settings.redis_prefix)
+        if settings.redis_url
+        else MemoryRateLimiter()
     )
     limits = Limits(rate)
 

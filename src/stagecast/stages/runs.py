@@ -198,8 +198,9 @@ class StageManager:
         run.finished = True
         try:
             await self.hub.append(run.stage_id, event, payload)
-        except StagecastError:
-            log.warning("could not write terminal event", extra={"stage_id": run.stage_id})
+        except Exception:
+            # The hub is out of reach (Redis down): readers time out and resume later.
+            log.exception("could not write terminal event", extra={"stage_id": run.stage_id})
         self._ended(end)
 
     def _reap(self, run: StageRun) -> None:

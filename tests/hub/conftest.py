@@ -1,0 +1,1 @@
+"""The hub tests use the shared Redis fixtures of tests/conftest.py."""

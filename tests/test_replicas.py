@@ -1,0 +1,110 @@
+"""Two gateway processes behind one Redis: resume and cancel work from either replica."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from stagecast.client import AsyncStagecast
+from tests.peers.fake_upstream import FakeUpstream, text_script
+from tests.peers.servers import free_port, wait_for
+from tests.test_chat_stream import assert_protocol, text_of
+
+pytestmark = pytest.mark.redis
+BIN = str(Path(sys.executable).with_name("stagecast"))
+WORDS = [f"w{i} " for i in range(40)]
+
+
+@contextmanager
+def replica(config: Path) -> Iterator[str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STAGECAST_")}
+    proc = subprocess.Popen(
+        [BIN, "serve", "--config", str(config), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(url + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        assert wait_for(up, timeout=30, interval=0.1), "replica did not start"
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def two_replicas(
+    tmp_path: Path, upstream: FakeUpstream, redis_url: str, redis_prefix: str
+) -> Iterator[tuple[str, str]]:
+    config = tmp_path / "stagecast.toml"
+    config.write_text(
+        f'redis_url = "{redis_url}"\nredis_prefix = "{redis_prefix}"\nheartbeat_interval = 1\n'
+        f'[models.fake]\nbase_url = "{upstream.url}"\nmodel = "m"\n'
+    )
+    with ExitStack() as stack:
+        a = stack.enter_context(replica(config))
+        b = stack.enter_context(replica(config))
+        yield a, b
+
+
+async def test_stage_started_on_a_resumes_on_b_exactly_once(
+    two_replicas: tuple[str, str], upstream: FakeUpstream
+) -> None:
+    a_url, b_url = two_replicas
+    upstream.enqueue(text_script(WORDS, pace=0.05))
+    async with AsyncStagecast(a_url) as a, AsyncStagecast(b_url) as b:
+        seen = []
+        async with a.stream_chat(
+            user_prompt="x", stage_id="roam-1", on_disconnect="continue"
+        ) as on_a:
+            async for event in on_a:
+                seen.append(event)
+                if len(seen) == 6:
+                    break
+        async with b.attach("roam-1", seen[-1].id) as on_b:
+            seen += [e async for e in on_b]
+    assert_protocol(seen, "roam-1")
+    assert [e.id for e in seen] == list(range(1, len(seen) + 1))
+    assert text_of(seen) == "".join(WORDS)
+
+
+async def test_cancel_sent_to_b_stops_the_run_on_a(
+    two_replicas: tuple[str, str], upstream: FakeUpstream
+) -> None:
+    a_url, b_url = two_replicas
+    upstream.enqueue(text_script(WORDS, pace=0.1))
+    async with AsyncStagecast(a_url) as a, AsyncStagecast(b_url) as b:
+        async with a.stream_chat(user_prompt="x", stage_id="stop-1") as on_a:
+            first = [await anext(aiter(on_a))]
+            async with b.attach("stop-1") as on_b:
+                receipt = await b.cancel("stop-1")
+                rest_a = [e async for e in on_a]
+                all_b = [e async for e in on_b]
+    assert receipt["status_before"] == "running"
+    assert receipt["status_after"] == "cancelled"
+    assert receipt["upstream_aborted"] is True
+    assert rest_a[-1].event == "cancel"
+    assert all_b[-1].event == "cancel"
+    assert_protocol(first + rest_a, "stop-1")
+    upstream.wait_disconnected(0)
+    assert upstream.chat_requests()[0].finished_at is None
