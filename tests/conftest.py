@@ -8,6 +8,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from stagecast.api.app import create_app
 from stagecast.config import ModelConfig, Settings
@@ -20,6 +21,11 @@ from tests.peers.services import redis_prefix, redis_url
 __all__ = ["open_meteo", "redis_prefix", "redis_url"]
 
 KEEP_ENV = {"STAGECAST_REQUIRE_SERVICES"}
+
+# CI runs the property tests with many more examples than a developer's quick run.
+hypothesis_settings.register_profile("ci", max_examples=1000, deadline=None)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,12 +13,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from stagecast.errors import (
-    RequestError,
     StagecastError,
     UpstreamError,
     UpstreamTimeoutError,
 )
 from stagecast.hub.base import StageNotFoundError
+
+log = logging.getLogger(__name__)
 
 
 def json_response(
@@ -42,8 +44,9 @@ def error_body(
 
 def status_for(exc: StagecastError) -> int:
     """The HTTP status of a failure that happened before any byte was streamed."""
-    if isinstance(exc, RequestError):
-        return exc.status_code
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status
     if isinstance(exc, StageNotFoundError):
         return 404
     if isinstance(exc, UpstreamTimeoutError):
@@ -88,8 +91,14 @@ async def _http(request: Request, exc: Exception) -> Response:
     return json_response(error_body(str(exc.detail), code), exc.status_code, exc.headers)
 
 
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", extra={"path": request.url.path})
+    return json_response(error_body("internal error; see the server log", "internal_error"), 500)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the JSON error answers on ``app``."""
+    app.add_exception_handler(Exception, _unexpected)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StagecastError, _stagecast)
     app.add_exception_handler(StarletteHTTPException, _http)

@@ -17,8 +17,15 @@ from stagecast.api.stream import StageEventStream
 from stagecast.config import LimitsConfig
 from stagecast.errors import InvalidRequestError, StagecastError
 from stagecast.hub.base import StageInfo, StageNotFoundError
+from stagecast.protocol.events import EVENT_TYPES
 from stagecast.protocol.requests import StageRequest
-from stagecast.protocol.results import ErrorResult, TextResult, ToolResultsResult
+from stagecast.protocol.results import (
+    CancelReceipt,
+    ErrorBody,
+    ErrorResult,
+    TextResult,
+    ToolResultsResult,
+)
 from stagecast.stages.context import StageContext, StageMode
 
 if TYPE_CHECKING:
@@ -141,11 +148,49 @@ async def _client_left(request: Request) -> None:
             return
 
 
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody, "description": ERROR_TEXT[code]} for code in codes}
+
+
+ERROR_TEXT = {
+    401: "Missing or unknown API key",
+    403: "The key may not use this role",
+    404: "Unknown role, or no such stage for this key",
+    409: "The stage id is already running",
+    413: "Request body over the limit",
+    422: "Invalid request: the message names the field",
+    429: "Over a per-key limit (see Retry-After)",
+    502: "The model server failed",
+    503: "Shutting down, or the role is at its concurrency limit",
+    504: "The model server timed out",
+}
+# One Server-Sent Event; ``data`` is the JSON of the event's payload (see README, protocol).
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "event": {"type": "string", "enum": list(EVENT_TYPES)},
+        "retry": {"type": "integer", "minimum": 0},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+    "required": ["id", "event", "data"],
+}
+STAGE_ERRORS = _errors(401, 403, 404, 409, 413, 422, 429, 503)
 STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Server-Sent Events: chunks, then one of done, cancel or error.",
-        "content": {"text/event-stream": {}},
-    }
+        "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
+    },
+    **STAGE_ERRORS,
+}
+COMPLETION_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": TextResult | ToolResultsResult | ErrorResult,
+        "description": "The stage's result (type error: the model called no tool)",
+    },
+    499: {"description": "The client left; the stage was cancelled"},
+    **STAGE_ERRORS,
+    **_errors(502, 504),
 }
 
 
@@ -155,7 +200,7 @@ async def stream_chat(request: Request, body: StageRequest) -> Response:
     return await _start_stream(request, body, "chat")
 
 
-@router.post("/completion/v1/chat")
+@router.post("/completion/v1/chat", responses=COMPLETION_DOC, response_class=Response)
 async def complete_chat(request: Request, body: StageRequest) -> Response:
     """Run a chat stage and answer with ``{"stage_id", "type": "text", "text"}``."""
     return await _complete(request, body, "chat")
@@ -167,20 +212,24 @@ async def stream_toolchain(request: Request, body: StageRequest) -> Response:
     return await _start_stream(request, body, "toolchain")
 
 
-@router.post("/completion/v1/toolchain")
+@router.post("/completion/v1/toolchain", responses=COMPLETION_DOC, response_class=Response)
 async def complete_toolchain(request: Request, body: StageRequest) -> Response:
     """Run a tool stage: ``tool_results`` JSON without synthesis, ``text`` with it."""
     return await _complete(request, body, "toolchain")
 
 
-@router.get("/v1/tools")
+@router.get("/v1/tools", responses=_errors(401), response_class=Response)
 async def list_tools(request: Request) -> Response:
     """The tools stages may use: name, description and JSON schema of the arguments."""
     _principal(request)
     return json_response({"object": "list", "data": _state(request).tools.describe()})
 
 
-@router.get("/stream/v1/stages/{stage_id}", responses=STREAM_DOC, response_class=Response)
+@router.get(
+    "/stream/v1/stages/{stage_id}",
+    responses={**STREAM_DOC, **_errors(404)},
+    response_class=Response,
+)
 async def resume_stage(
     request: Request,
     stage_id: str,
@@ -209,7 +258,11 @@ async def resume_stage(
     )
 
 
-@router.post("/stream/v1/stages/{stage_id}/cancel")
+@router.post(
+    "/stream/v1/stages/{stage_id}/cancel",
+    responses={200: {"model": CancelReceipt, "description": "The receipt"}, **_errors(401, 404)},
+    response_class=Response,
+)
 async def cancel_stage(request: Request, stage_id: str) -> Response:
     """Cancel a running stage (idempotent) and answer with a receipt."""
     hub = _state(request).hub
@@ -250,7 +303,7 @@ async def _visible_stage(request: Request, stage_id: str) -> StageInfo:
     return info
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=_errors(401), response_class=Response)
 async def list_models(request: Request) -> Response:
     """The configured roles (what ``model_container`` may name)."""
     state = _state(request)
@@ -272,7 +325,7 @@ async def list_models(request: Request) -> Response:
     return json_response({"object": "list", "data": data})
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_class=Response)
 async def healthz(request: Request) -> Response:
     """Probe every backend concurrently with a short timeout; never hangs."""
     state = _state(request)

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 from stagecast.backends.base import ChatCall, ChunkStream, ProbeResult, UpstreamChunk
 from stagecast.config import ModelConfig
@@ -219,8 +220,12 @@ class _ChunkReader:
                 line = await content.readline()
             except UpstreamError:
                 raise
-            except ValueError as exc:  # aiohttp: a line longer than the reader's limit
-                raise UpstreamProtocolError(f"model server sent an over-long line: {exc}") from exc
+            except (ValueError, HttpProcessingError) as exc:
+                # aiohttp: a line longer than the reader's bound (LineTooLong, or ValueError
+                # in older versions). The bound is what keeps memory flat.
+                raise UpstreamProtocolError(
+                    f"model server sent an over-long line (more than {MAX_LINE_BYTES} bytes)"
+                ) from exc
             except aiohttp.ClientError as exc:
                 raise _map_client_error(exc, self._base, mid_stream=True) from exc
             if not line:

@@ -31,6 +31,39 @@ class ChatMessage(BaseModel):
     tool_calls: list[dict[str, Any]] | None = None
 
 
+INT64 = 2**63
+
+
+def _unportable(value: Any, path: str) -> tuple[str, str] | None:
+    """The first value a model server could not be sent as JSON: (where, what is wrong).
+
+    Python's JSON parser accepts lone UTF-16 surrogates and integers of any size; neither
+    survives re-encoding for the model server, so they are refused here with a 422.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path, "contains an unpaired UTF-16 surrogate; send valid Unicode"
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not -INT64 <= value < INT64:
+            return path, "has an integer outside the 64-bit range"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            child = f"{path}.{key}".strip(".")
+            found = _unportable(key, path) or _unportable(item, child)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _unportable(item, f"{path}.{i}".strip("."))
+            if found is not None:
+                return found
+    return None
+
+
 def _pair(value: Any) -> Any:
     """A single number stands for both phases (tool phase, synthesis phase)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -46,7 +79,16 @@ class StageRequest(BaseModel):
     the same two phases.
     """
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["user_prompt"]},
+                {"required": ["messages"], "properties": {"messages": {"minItems": 1}}},
+            ]
+        },
+    )
 
     stage_id: StageId | None = None
     system_prompt: str | None = None
@@ -68,6 +110,15 @@ class StageRequest(BaseModel):
     tool_choice: str = "auto"
     max_tool_rounds: int = Field(default=1, ge=1, le=16)
     parallel_tool_calls: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _portable_json(cls, data: Any) -> Any:
+        found = _unportable(data, "")
+        if found is not None:
+            where, what = found
+            raise ValueError(f"{where or 'body'} {what}")
+        return data
 
     @field_validator("max_tokens", "temperature", mode="before")
     @classmethod

@@ -41,3 +41,26 @@ class ErrorResult(BaseModel):
 
 
 StageResult = TextResult | ToolResultsResult | ErrorResult
+
+
+class ErrorBody(BaseModel):
+    """A refused request (4xx/5xx before any event): what went wrong and how to fix it."""
+
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    retryable: bool | None = None
+    stage_id: str | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+class CancelReceipt(BaseModel):
+    """What ``POST /stream/v1/stages/{id}/cancel`` answers."""
+
+    stage_id: str
+    status_before: str
+    status_after: str
+    cancel_requested: bool
+    upstream_aborted: bool
+    completion_tokens: int | None = None
+    tools_run: list[str] = []

@@ -28,6 +28,9 @@ class NoToolCallError(StagecastError):
     """Tool-only mode, and the model called no tool (the original's "No tools called.")."""
 
     code = "no_tool_call"
+    # The stage itself worked: the completion route answers 200 with the original's
+    # {"type": "error", "message": "No tools called."} result.
+    status_code = 200
 
 
 class ToolPolicy:

@@ -596,7 +596,7 @@ async function send() {
   }
 
   ui.empty.hidden = true;
-  const turn = new Turn({ prompt, role, mode: { ...mode, path: mode.path } });
+  const turn = new Turn({ prompt, role, mode });
   ui.log.append(turn.root);
   turn.setStageId(stageId);
   ui.prompt.value = "";
@@ -625,8 +625,8 @@ async function send() {
     turn.onFailure({ message: String(err?.message || err), code: "client_error" });
   }
   if (!turn.finished) turn.finish("error", "error", "");
-  if (stream.terminal === "failure" && body.on_disconnect === "continue" && stream.stageId) {
-    // We stopped following it; do not leave it running for nobody.
+  if (stream.failure?.code === "connection_lost" && body.on_disconnect === "continue") {
+    // We gave up following it; do not leave it running for nobody (best effort).
     stream.cancel();
   }
   if (state.turn !== turn) return; // "New chat" dropped this turn while it ran

@@ -55,16 +55,16 @@ async function describeFailure(response) {
  * `run()` resolves when the stage is over for this client (terminal event or failure).
  */
 export class StageStream {
-  constructor({ path, body, maxRetries = 6, fetchImpl, ...callbacks }) {
+  constructor({ path, body, maxRetries = 6, ...callbacks }) {
     this.path = path;
     this.body = body;
     this.stageId = body.stage_id;
     this.maxRetries = maxRetries;
-    this.fetch = fetchImpl || ((...args) => fetch(...args));
     this.callbacks = callbacks;
     this.lastId = 0;
     this.retryMs = null;
     this.terminal = null;
+    this.failure = null;
     this.connected = false;
     this.closed = false;
     this.abort = new AbortController();
@@ -78,14 +78,14 @@ export class StageStream {
   async run() {
     let response = null;
     try {
-      response = await this.fetch(this.path, {
+      response = await fetch(this.path, {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
         body: JSON.stringify(this.body),
         signal: this.abort.signal,
         cache: "no-store",
       });
-    } catch (err) {
+    } catch {
       if (this.closed) return;
       // No answer at all: the request may or may not have reached the gateway. Resuming
       // finds out (404 means it never started).
@@ -122,7 +122,7 @@ export class StageStream {
       try {
         const headers = { Accept: "text/event-stream" };
         if (this.lastId > 0) headers["Last-Event-ID"] = String(this.lastId);
-        response = await this.fetch(stageUrl(this.stageId), {
+        response = await fetch(stageUrl(this.stageId), {
           headers,
           signal: this.abort.signal,
           cache: "no-store",
@@ -194,6 +194,7 @@ export class StageStream {
   #fail(failure) {
     if (this.terminal) return;
     this.terminal = "failure";
+    this.failure = failure;
     this.#emit("onFailure", failure);
   }
 
@@ -219,7 +220,7 @@ export class StageStream {
     if (!this.stageId) return null;
     let receipt = null;
     try {
-      const response = await this.fetch(cancelUrl(this.stageId), { method: "POST", keepalive: true });
+      const response = await fetch(cancelUrl(this.stageId), { method: "POST", keepalive: true });
       if (response.ok) receipt = await response.json();
     } catch {
       receipt = null;
