@@ -1,4 +1,4 @@
-"""A model server that sends garbage gets one error event, and the gateway's memory stays bounded."""
+"""A model server that sends garbage gets one error event; the gateway's memory stays bounded."""
 
 from __future__ import annotations
 

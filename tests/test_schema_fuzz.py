@@ -6,8 +6,8 @@ import os
 
 import pytest
 import schemathesis
-from schemathesis.specs.openapi.checks import positive_data_acceptance
 from hypothesis import HealthCheck, given, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.conftest import GatewayFactory, role
 from tests.peers.fake_upstream import FakeUpstream, text_script
