@@ -14,7 +14,7 @@ export UV_PYTHON_DOWNLOADS := never
 # llama.cpp built for this CPU's exact features crashed on some machines; build portable code.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: install run test check fmt bench bench-peers clean
+.PHONY: install browser run test check fmt bench bench-peers clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -26,10 +26,19 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 
 install: $(VENV)/.installed
 
+# The web UI tests drive Debian's Chromium (never a downloaded browser build).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "chromium is not installed: the web UI tests will be skipped"; \
+	  fi; }
+
 run: install
 	$(BIN)/stagecast serve
 
-test: install
+test: install browser
 	$(BIN)/pytest
 
 check: install

@@ -16,6 +16,7 @@ from stagecast.api.errors import install_error_handlers
 from stagecast.api.limits import Limits, MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from stagecast.api.middleware import RequestContext
 from stagecast.api.routes import router as routes
+from stagecast.api.ui import install_ui
 from stagecast.backends.router import Router
 from stagecast.config import Settings
 from stagecast.hub.base import StreamHub
@@ -138,6 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(routes)
+    install_ui(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
