@@ -6,9 +6,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from stagecast._version import __version__
 from stagecast.api.auth import KeyRing
@@ -131,7 +133,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await tool_http.aclose()
             await rate.aclose()
 
-    app = FastAPI(
+    app = _GatewayApp(
+        max_body_bytes=settings.limits.max_body_bytes,
         title="stagecast",
         version=__version__,
         summary="A streaming gateway for LLM stages.",
@@ -148,5 +151,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-Id"],
             expose_headers=["X-Stage-Id", "X-Request-Id"],
         )
-    app.add_middleware(RequestContext, max_body_bytes=settings.limits.max_body_bytes)
     return app
+
+
+class _GatewayApp(FastAPI):
+    """FastAPI with the request-context middleware outermost, outside Starlette's own.
+
+    Outermost, it sees the server's own ``send``, which streaming responses use for their
+    body (see ``RequestContext``).
+    """
+
+    def __init__(self, *, max_body_bytes: int, **kwargs: Any) -> None:
+        self._max_body_bytes = max_body_bytes
+        super().__init__(**kwargs)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestContext(super().build_middleware_stack(), max_body_bytes=self._max_body_bytes)

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from stagecast.logs import request_id
 
 _MAX_ID = 128
+RAW_SEND = "stagecast.raw_send"
 
 
 class RequestContext:
@@ -36,6 +37,9 @@ class RequestContext:
                 length = value
         rid = rid or uuid.uuid4().hex
         token = request_id.set(rid)
+        # Streaming responses write their body straight to the server: every middleware in
+        # between would otherwise wrap each event's send.
+        scope[RAW_SEND] = send
         rid_header = (b"x-request-id", rid.encode("latin-1"))
         try:
             if length is not None and length.isdigit() and int(length) > self.max_body:

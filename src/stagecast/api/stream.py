@@ -15,6 +15,7 @@ import logging
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from stagecast.api.middleware import RAW_SEND
 from stagecast.hub.base import ReaderLagError, StageNotFoundError, StreamHub
 from stagecast.metrics import Metrics
 from stagecast.protocol.sse import encode_comment
@@ -60,6 +61,9 @@ class StageEventStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.sse_headers})
+        # After the start (which the middleware stack sees), the body goes to the server
+        # directly: nothing in the stack needs to see each event.
+        send = scope.get(RAW_SEND, send)
         await self.hub.attach(self.stage_id)
         if self.metrics is not None:
             self.metrics.active_streams.inc()

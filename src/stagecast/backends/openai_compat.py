@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 import orjson
-from aiohttp.http_exceptions import HttpProcessingError
 
 from stagecast.backends.base import ChatCall, ChunkStream, ProbeResult, UpstreamChunk
 from stagecast.config import ModelConfig
@@ -197,67 +197,93 @@ class OpenAICompatBackend:
 
 
 class _ChunkReader:
-    """Async iterator over the parsed chunks of one upstream SSE response."""
+    """Async iterator over the parsed chunks of one upstream SSE response.
 
-    __slots__ = ("_base", "_content", "_data", "_dog", "finished")
+    It takes whatever bytes have arrived (one read per network read, not one per line) and
+    splits them into events itself; lines end at LF or CRLF. A line may not grow past
+    MAX_LINE_BYTES, which bounds memory against a server that never sends a newline.
+    """
+
+    __slots__ = ("_base", "_buf", "_content", "_data", "_dog", "_ready", "finished")
 
     def __init__(self, resp: aiohttp.ClientResponse, dog: _Watchdog, base: str) -> None:
         self._content = resp.content
         self._dog = dog
         self._base = base
+        self._buf = b""
         self._data: list[bytes] = []
+        self._ready: deque[UpstreamChunk | None] = deque()
         self.finished = False
 
     def __aiter__(self) -> _ChunkReader:
         return self
 
     async def __anext__(self) -> UpstreamChunk:
-        if self.finished:
-            raise StopAsyncIteration
-        content = self._content
-        while True:
+        ready = self._ready
+        while not ready:
+            if self.finished:
+                raise StopAsyncIteration
             try:
-                line = await content.readline()
+                piece = await self._content.readany()
             except UpstreamError:
                 raise
-            except (ValueError, HttpProcessingError) as exc:
-                # aiohttp: a line longer than the reader's bound (LineTooLong, or ValueError
-                # in older versions). The bound is what keeps memory flat.
-                raise UpstreamProtocolError(
-                    f"model server sent an over-long line (more than {MAX_LINE_BYTES} bytes)"
-                ) from exc
             except aiohttp.ClientError as exc:
                 raise _map_client_error(exc, self._base, mid_stream=True) from exc
-            if not line:
+            if not piece:
                 raise UpstreamConnectionError(
                     "model server closed the stream before it finished",
                     code="upstream_disconnected",
                 )
-            line = line.rstrip(b"\r\n")
+            self._feed(piece)
+        item = ready.popleft()
+        if item is None:
+            await self._drain()
+            raise StopAsyncIteration
+        return item
+
+    def _feed(self, piece: bytes) -> None:
+        buf = self._buf + piece if self._buf else piece
+        start = 0
+        while True:
+            end = buf.find(b"\n", start)
+            if end < 0:
+                break
+            line = buf[start : end - 1] if end > start and buf[end - 1] == 13 else buf[start:end]
+            start = end + 1
             if line:
                 if line.startswith(b"data:"):
                     self._data.append(line[6:] if line[5:6] == b" " else line[5:])
-                continue
-            if not self._data:
-                continue
-            payload = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
-            self._data = []
-            if payload == b"[DONE]":
-                self.finished = True
-                await self._drain()
-                raise StopAsyncIteration
-            try:
-                data = orjson.loads(payload)
-            except orjson.JSONDecodeError as exc:
-                raise UpstreamProtocolError(
-                    f"model server sent a chunk that is not JSON: {payload[:120]!r}"
-                ) from exc
-            if not isinstance(data, dict):
-                raise UpstreamProtocolError("model server sent a chunk that is not a JSON object")
-            if "error" in data and "choices" not in data:
-                raise _stream_error(data["error"])
-            self._dog.progress()
-            return UpstreamChunk(data, payload)
+            elif self._data:
+                self._dispatch()
+                if self.finished:
+                    self._buf = b""
+                    return
+        self._buf = buf[start:]
+        if len(self._buf) > MAX_LINE_BYTES:
+            raise UpstreamProtocolError(
+                f"model server sent an over-long line (more than {MAX_LINE_BYTES} bytes)"
+            )
+
+    def _dispatch(self) -> None:
+        data = self._data
+        payload = data[0] if len(data) == 1 else b"\n".join(data)
+        self._data = []
+        if payload == b"[DONE]":
+            self.finished = True
+            self._ready.append(None)
+            return
+        try:
+            parsed = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamProtocolError(
+                f"model server sent a chunk that is not JSON: {payload[:120]!r}"
+            ) from exc
+        if not isinstance(parsed, dict):
+            raise UpstreamProtocolError("model server sent a chunk that is not a JSON object")
+        if "error" in parsed and "choices" not in parsed:
+            raise _stream_error(parsed["error"])
+        self._dog.progress()
+        self._ready.append(UpstreamChunk(parsed, payload))
 
     async def _drain(self) -> None:
         # Read the end of the body so the pooled connection can be reused.

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Generator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from stagecast.backends.base import Backend, ChatCall, ChunkStream, ProbeResult, UpstreamChunk
 from stagecast.config import ModelConfig, Settings
@@ -159,8 +160,25 @@ async def _slot(entry: _Role) -> AsyncIterator[None]:
         entry.slots.release()
 
 
+class _Ready:
+    """An awaitable that is already done: hands back the chunk read while retrying."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: UpstreamChunk) -> None:
+        self.value = value
+
+    def __await__(self) -> Generator[Any, None, UpstreamChunk]:
+        return self.value
+        yield  # a generator that never suspends
+
+
 class _Prepended:
-    """The stream with its already-read first chunk put back in front."""
+    """The stream with its already-read first chunk put back in front.
+
+    ``__anext__`` hands out the underlying stream's own awaitable, so after the first chunk
+    the wrapper adds no coroutine frame per chunk.
+    """
 
     __slots__ = ("_first", "_rest")
 
@@ -171,9 +189,9 @@ class _Prepended:
     def __aiter__(self) -> _Prepended:
         return self
 
-    async def __anext__(self) -> UpstreamChunk:
+    def __anext__(self) -> Awaitable[UpstreamChunk]:
         first = self._first
         if first is not None:
             self._first = None
-            return first
-        return await anext(self._rest)
+            return _Ready(first)
+        return self._rest.__anext__()

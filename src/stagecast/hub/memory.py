@@ -99,7 +99,11 @@ class MemoryHub:
                 f"{self.max_bytes} bytes"
             )
         seq = len(log.frames) + 1
-        frame = encode_frame(event, data, id=seq, retry=self.retry_ms if seq == 1 else None)
+        if seq == 1 or b"\n" in data or b"\r" in data:
+            frame = encode_frame(event, data, id=seq, retry=self.retry_ms if seq == 1 else None)
+        else:
+            # The common frame in one formatting step (same bytes as encode_frame).
+            frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, event.encode(), data)
         log.frames.append(frame)
         log.events.append((event, data))
         log.nbytes += len(frame)

@@ -8,6 +8,7 @@ event closes its log.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -109,11 +110,8 @@ class StageManager:
         await self.hub.open(ctx.stage_id, owner=ctx.owner, meta=meta)
         hub = self.hub
         stage_id = ctx.stage_id
-
-        async def emit(event: str, data: bytes) -> None:
-            await hub.append(stage_id, event, data)
-
-        ctx.emit = emit
+        # The hub's own append, bound: no wrapper coroutine per event.
+        ctx.emit = functools.partial(hub.append, stage_id)
         run = StageRun(ctx)
         self.runs[stage_id] = run
         hub.on_cancel(stage_id, lambda: run.cancel("client"))

@@ -4,6 +4,16 @@
 import { renderMarkdown } from "./markdown.js";
 import { StageStream, cancelUrl, newStageId } from "./stage.js";
 import { el, formatMs } from "./dom.js";
+import {
+  STORAGE_KEY,
+  apiFetch,
+  canCancelOnLeave,
+  cancelOnLeave,
+  getKey,
+  normalizeKey,
+  onUnauthorized,
+  setKey,
+} from "./apikey.js";
 
 const MODES = {
   chat: { path: "/stream/v1/chat", label: "chat", synthesis: false, tools: false },
@@ -21,12 +31,14 @@ const MODES = {
 // page can resume (it reads the stream itself and knows the last event id), so while a
 // resume is possible it asks for "continue" and takes over the job "cancel" did: the Stop
 // button and Escape cancel explicitly, closing or reloading the page sends a cancel beacon
-// on `pagehide`, and giving up on reconnecting sends a (best-effort) cancel too. Without
-// fetch streaming or sendBeacon none of that works, so such a browser keeps "cancel".
-const CAN_RESUME =
-  typeof ReadableStream !== "undefined" &&
-  typeof TextDecoder !== "undefined" &&
-  typeof navigator.sendBeacon === "function";
+// on `pagehide` (a keepalive fetch when an API key is set: beacons cannot carry headers), and
+// giving up on reconnecting sends a (best-effort) cancel too. Without fetch streaming, or
+// without a way to cancel on leaving, none of that works, so such a browser keeps "cancel".
+const CAN_STREAM = typeof ReadableStream !== "undefined" && typeof TextDecoder !== "undefined";
+
+function canResume() {
+  return CAN_STREAM && canCancelOnLeave();
+}
 
 const ui = {
   role: document.getElementById("role"),
@@ -44,6 +56,13 @@ const ui = {
   send: document.getElementById("send"),
   stop: document.getElementById("stop"),
   settings: document.getElementById("settings"),
+  keyButton: document.getElementById("key-button"),
+  keyState: document.getElementById("key-state"),
+  keyPanel: document.getElementById("key-panel"),
+  keyMessage: document.getElementById("key-message"),
+  keyInput: document.getElementById("api-key"),
+  keyStatus: document.getElementById("key-status"),
+  forgetKey: document.getElementById("forget-key"),
 };
 
 const state = {
@@ -51,13 +70,20 @@ const state = {
   turn: null, // the running Turn, if any
   tools: null, // [{name, description}] once loaded; [] when the gateway offers none
   stickToBottom: true, // follow the answer unless the reader scrolled up
+  keyNeeded: false, // the gateway answered 401 and no accepted key has been entered since
 };
 
 // --- the pickers -------------------------------------------------------------------------
 
+/** Fill the role picker; resolves to "ok", "unauthorized" or "error". */
 async function loadModels() {
   try {
-    const response = await fetch("/v1/models", { cache: "no-store" });
+    const response = await apiFetch("/v1/models", { cache: "no-store" });
+    if (response.status === 401) {
+      ui.role.replaceChildren(el("option", { value: "" }, "API key needed"));
+      ui.role.disabled = true;
+      return "unauthorized";
+    }
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const { data } = await response.json();
     ui.role.replaceChildren();
@@ -70,14 +96,26 @@ async function loadModels() {
     if (!ui.role.options.length) ui.role.append(el("option", { value: "" }, "default"));
   } catch {
     ui.role.replaceChildren(el("option", { value: "" }, "default role"));
+    ui.role.disabled = false;
+    return "error";
   }
   ui.role.disabled = false;
+  return "ok";
 }
 
 async function loadTools() {
   let tools = [];
   try {
-    const response = await fetch("/v1/tools", { cache: "no-store" });
+    const response = await apiFetch("/v1/tools", { cache: "no-store" });
+    if (response.status === 401) {
+      state.tools = null;
+      ui.toolsList.replaceChildren(
+        el("legend", { class: "visually-hidden" }, "Tools the model may call"),
+        el("p", { class: "muted" }, "API key needed"),
+      );
+      ui.toolsSummary.textContent = "key needed";
+      return "unauthorized";
+    }
     if (response.ok) {
       const body = await response.json();
       tools = Array.isArray(body?.data) ? body.data : [];
@@ -104,6 +142,7 @@ async function loadTools() {
     );
   }
   updateToolsSummary();
+  return "ok";
 }
 
 function selectedTools() {
@@ -122,6 +161,105 @@ function updateToolsSummary() {
 function updateMode() {
   const mode = MODES[ui.mode.value] || MODES.chat;
   ui.toolsField.hidden = !mode.tools;
+}
+
+/** Reload roles and tools (after the key changed); "unauthorized" if the gateway said 401. */
+async function reloadPickers() {
+  ui.role.disabled = true;
+  ui.role.replaceChildren(el("option", { value: "" }, "loading…"));
+  state.tools = null;
+  updateToolsSummary();
+  const results = await Promise.all([loadModels(), loadTools()]);
+  if (results.includes("unauthorized")) return "unauthorized";
+  state.keyNeeded = false;
+  updateKeyButton();
+  return "ok";
+}
+
+// --- the API key ------------------------------------------------------------------------
+
+function updateKeyButton() {
+  const has = Boolean(getKey());
+  const keyState = state.keyNeeded ? "needed" : has ? "set" : "none";
+  ui.keyButton.dataset.state = keyState;
+  ui.keyState.textContent = keyState === "none" ? "" : ` (${keyState})`;
+  ui.keyInput.placeholder = has ? "a key is saved; paste a new one" : "paste the gateway key";
+  ui.forgetKey.disabled = !has;
+}
+
+function keyPanelOpen() {
+  return !ui.keyPanel.hidden;
+}
+
+function openKeyPanel({ focus = true } = {}) {
+  ui.keyPanel.hidden = false;
+  ui.keyButton.setAttribute("aria-expanded", "true");
+  if (focus) ui.keyInput.focus();
+}
+
+function closeKeyPanel({ restoreFocus = false } = {}) {
+  if (!keyPanelOpen()) return;
+  ui.keyPanel.hidden = true;
+  ui.keyButton.setAttribute("aria-expanded", "false");
+  ui.keyStatus.textContent = "";
+  if (restoreFocus) ui.keyButton.focus();
+}
+
+function showKeyMessage(text) {
+  ui.keyMessage.textContent = text;
+  ui.keyMessage.hidden = !text;
+}
+
+onUnauthorized(({ message, keySent, stale }) => {
+  if (stale) return; // answered for a key that has been replaced since
+  state.keyNeeded = true;
+  updateKeyButton();
+  showKeyMessage(
+    keySent
+      ? `The gateway did not accept the saved key${message ? ` (${message})` : ""}. Enter another one.`
+      : "This gateway needs an API key. Enter it here to load the model roles and chat.",
+  );
+  ui.keyStatus.textContent = "";
+  openKeyPanel();
+});
+
+async function saveKey(event) {
+  event.preventDefault();
+  let key;
+  try {
+    key = normalizeKey(ui.keyInput.value);
+  } catch (err) {
+    showKeyMessage(`Cannot use that key: ${err.message}.`);
+    ui.keyInput.focus();
+    return;
+  }
+  const persisted = setKey(key);
+  ui.keyInput.value = "";
+  showKeyMessage("");
+  ui.keyStatus.textContent = "checking the key…";
+  updateKeyButton();
+  if ((await reloadPickers()) === "unauthorized") {
+    ui.keyStatus.textContent = ""; // the 401 listener says why
+    ui.keyInput.focus();
+    return;
+  }
+  if (!persisted) {
+    ui.keyStatus.textContent = "saved for this page only: this browser's storage is unavailable";
+    return;
+  }
+  closeKeyPanel();
+  if (!state.turn) ui.prompt.focus();
+}
+
+function forgetKey() {
+  setKey(null);
+  ui.keyInput.value = "";
+  showKeyMessage("");
+  state.keyNeeded = false;
+  updateKeyButton();
+  ui.keyStatus.textContent = "key forgotten";
+  ui.keyInput.focus();
+  reloadPickers(); // on a gateway that needs keys, this asks for one again
 }
 
 // --- one turn ------------------------------------------------------------------------------
@@ -579,7 +717,7 @@ async function send() {
     stage_id: stageId,
     messages,
     stream: true,
-    on_disconnect: CAN_RESUME ? "continue" : "cancel",
+    on_disconnect: canResume() ? "continue" : "cancel",
   };
   if (role) body.model_container = role;
   if (mode.tools) {
@@ -597,6 +735,7 @@ async function send() {
 
   ui.empty.hidden = true;
   const turn = new Turn({ prompt, role, mode });
+  turn.onDisconnect = body.on_disconnect;
   ui.log.append(turn.root);
   turn.setStageId(stageId);
   ui.prompt.value = "";
@@ -693,9 +832,14 @@ ui.conversation.addEventListener(
 );
 document.addEventListener("keydown", (event) => {
   if (event.key !== "Escape") return;
-  if (state.turn) {
+  if (keyPanelOpen() && ui.keyPanel.contains(document.activeElement)) {
+    event.preventDefault();
+    closeKeyPanel({ restoreFocus: true });
+  } else if (state.turn) {
     event.preventDefault();
     stop();
+  } else if (keyPanelOpen()) {
+    closeKeyPanel({ restoreFocus: true });
   } else if (ui.toolsPicker.open) {
     ui.toolsPicker.open = false;
     ui.toolsPicker.querySelector("summary").focus();
@@ -706,15 +850,32 @@ ui.newChat.addEventListener("click", newChat);
 ui.mode.addEventListener("change", updateMode);
 ui.toolsList.addEventListener("change", updateToolsSummary);
 ui.settings.addEventListener("submit", (event) => event.preventDefault());
+ui.keyButton.addEventListener("click", () => {
+  if (keyPanelOpen()) closeKeyPanel();
+  else openKeyPanel();
+});
+ui.keyPanel.addEventListener("submit", saveKey);
+ui.forgetKey.addEventListener("click", forgetKey);
+document.addEventListener("pointerdown", (event) => {
+  if (keyPanelOpen() && !ui.keyPanel.parentElement.contains(event.target)) closeKeyPanel();
+});
+window.addEventListener("storage", (event) => {
+  // Another tab saved or forgot the key.
+  if (event.key !== STORAGE_KEY && event.key !== null) return;
+  state.keyNeeded = false;
+  updateKeyButton();
+  reloadPickers();
+});
 window.addEventListener("pagehide", () => {
   const turn = state.turn;
-  if (turn && !turn.finished && turn.stream?.stageId && CAN_RESUME) {
+  if (turn && !turn.finished && turn.stream?.stageId && turn.onDisconnect === "continue") {
     // The stage runs with on_disconnect "continue": leaving the page must cancel it.
-    navigator.sendBeacon(cancelUrl(turn.stream.stageId));
+    cancelOnLeave(cancelUrl(turn.stream.stageId));
   }
 });
 
 updateMode();
+updateKeyButton();
 autosize();
 loadModels();
 loadTools();

@@ -7,8 +7,10 @@
 // `Last-Event-ID: <last id we dispatched>`, which replays exactly what we missed. Retries are
 // bounded; the first waits the server's `retry:` delay, later ones back off from it. Events
 // whose id is not above the last one seen are dropped, so a replay can never duplicate text.
+// Every call goes through `apiFetch`, which adds the gateway API key when one is set.
 
 import { SSEParser } from "./sse.js";
+import { apiFetch } from "./apikey.js";
 
 export const TERMINAL = new Set(["done", "cancel", "error"]);
 
@@ -78,7 +80,7 @@ export class StageStream {
   async run() {
     let response = null;
     try {
-      response = await fetch(this.path, {
+      response = await apiFetch(this.path, {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
         body: JSON.stringify(this.body),
@@ -122,7 +124,7 @@ export class StageStream {
       try {
         const headers = { Accept: "text/event-stream" };
         if (this.lastId > 0) headers["Last-Event-ID"] = String(this.lastId);
-        response = await fetch(stageUrl(this.stageId), {
+        response = await apiFetch(stageUrl(this.stageId), {
           headers,
           signal: this.abort.signal,
           cache: "no-store",
@@ -139,6 +141,11 @@ export class StageStream {
             : "could not reach the gateway to start the stage",
           code: "stage_not_found",
         });
+        return;
+      }
+      if (response.status === 401 || response.status === 403) {
+        // Retrying cannot help: the key is missing, wrong, or not this stage's.
+        this.#fail(await describeFailure(response));
         return;
       }
       if (!response.ok) continue;
@@ -220,7 +227,10 @@ export class StageStream {
     if (!this.stageId) return null;
     let receipt = null;
     try {
-      const response = await fetch(cancelUrl(this.stageId), { method: "POST", keepalive: true });
+      const response = await apiFetch(cancelUrl(this.stageId), {
+        method: "POST",
+        keepalive: true,
+      });
       if (response.ok) receipt = await response.json();
     } catch {
       receipt = null;
