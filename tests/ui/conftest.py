@@ -15,7 +15,7 @@ import pytest
 
 from stagecast.api.app import create_app
 from stagecast.api.ui import install_ui
-from stagecast.config import Settings
+from stagecast.config import ApiKeyConfig, Settings
 from tests.conftest import require_services, role
 from tests.peers.fake_upstream import FakeUpstream, Script, Step, chunk, data, done
 from tests.peers.servers import ServerThread, serve
@@ -34,6 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "ui"
 # Generous: these wait for streams, reconnects and cancels, never measure them.
 WAIT_MS = 30_000
+# The key of ``keyed_ui_gateway`` (read by the gateway from this environment variable).
+UI_KEY = "sk-ui-test-key-0001"
+UI_KEY_ENV = "UI_TEST_STAGECAST_KEY"
 
 
 def _unavailable(reason: str) -> NoReturn:
@@ -120,6 +123,26 @@ def ui_gateway(upstream: FakeUpstream) -> Iterator[UIGateway]:
             "fake": role(upstream.url),
         },
         default_model="fake",
+    )
+    app = create_app(settings)
+    install_ui(app)
+    with serve(app) as server:
+        yield UIGateway(server, app, upstream)
+
+
+@pytest.fixture
+def keyed_ui_gateway(
+    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[UIGateway]:
+    """Like ``ui_gateway``, but every API call needs ``Authorization: Bearer UI_KEY``."""
+    monkeypatch.setenv(UI_KEY_ENV, UI_KEY)
+    settings = Settings(
+        models={
+            "spare": role(upstream.url, model="spare-model"),
+            "fake": role(upstream.url),
+        },
+        default_model="fake",
+        api_keys=[ApiKeyConfig(id="ui", key_env=UI_KEY_ENV)],
     )
     app = create_app(settings)
     install_ui(app)

@@ -19,7 +19,7 @@ from stagecast.protocol.sse import SSEDecoder
 from tests.conftest import role
 from tests.peers.fake_upstream import Script, chunk, data, done, error_script, text_script
 from tests.peers.tcp_proxy import tcp_proxy
-from tests.ui.conftest import WAIT_MS, UIGateway, screenshot, tool_call_script
+from tests.ui.conftest import UI_KEY, WAIT_MS, UIGateway, screenshot, tool_call_script
 
 WORDS = [f"w{i} " for i in range(30)]
 SLOW = [f"s{i} " for i in range(200)]
@@ -478,3 +478,210 @@ def test_sse_parser_gives_the_same_events_at_every_split(
     assert whole["retry"] == 2000
     assert whole["last"] == "4"
     assert all(split == whole for split in result["splits"])
+
+
+# --- a gateway that requires API keys ------------------------------------------------------
+
+
+def key_panel(page: Any) -> Any:
+    return page.locator("#key-panel")
+
+
+def key_field(page: Any) -> Any:
+    return page.get_by_label("API key", exact=True)
+
+
+def enter_key(page: Any, url: str, key: str = UI_KEY) -> None:
+    """Open the UI on a keyed gateway, answer its key prompt, wait for the roles."""
+    page.goto(url + "/")
+    expect(key_panel(page).get_by_role("alert")).to_contain_text("needs an API key")
+    key_field(page).fill(key)
+    key_field(page).press("Enter")
+    expect(page.get_by_label("Model role")).to_be_enabled()
+    expect(key_panel(page)).to_be_hidden()
+
+
+def authorization_of(requests: list[Any], path: str) -> list[str | None]:
+    return [r.all_headers().get("authorization") for r in requests if r.url.endswith(path)]
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def replay(url: str, stage_id: str, key: str) -> list[Any]:
+    """Every event of a stage, read back from the gateway with ``key``."""
+    decoder = SSEDecoder()
+    events = []
+    with httpx.Client(base_url=url, timeout=WAIT_MS / 1000, headers=auth(key)) as http:
+        with http.stream("GET", f"/stream/v1/stages/{stage_id}") as answer_stream:
+            assert answer_stream.status_code == 200
+            for raw in answer_stream.iter_raw():
+                events += decoder.feed(raw)
+    return events
+
+
+def test_keyed_gateway_asks_for_a_key_then_chats(
+    new_page: Any, keyed_ui_gateway: UIGateway
+) -> None:
+    gateway = keyed_ui_gateway
+    gateway.upstream.enqueue(text_script(["Keyed ", "**hello** ", "from ", "the ", "gateway."]))
+    page = new_page()
+    requests: list[Any] = []
+    page.on("request", lambda r: requests.append(r))
+    page.goto(gateway.url + "/")
+
+    # The first calls answer 401: the page says why and opens the key field.
+    panel = key_panel(page)
+    expect(panel).to_be_visible()
+    expect(panel.get_by_role("alert")).to_contain_text("This gateway needs an API key")
+    expect(panel).to_contain_text("Stored in this browser only")
+    expect(key_field(page)).to_be_focused()
+    key_button = page.get_by_role("button", name="API key")
+    expect(key_button).to_have_attribute("aria-expanded", "true")
+    expect(key_button).to_have_attribute("data-state", "needed")
+    expect(key_button).to_have_attribute("title", re.compile("stored in this browser only"))
+    expect(page.get_by_label("Model role")).to_be_disabled()
+    expect(page.get_by_label("Model role")).to_have_value("")
+    screenshot(page, "api-key-prompt")
+
+    # A wrong key is refused and the field stays open.
+    key_field(page).fill("sk-not-the-key")
+    key_field(page).press("Enter")
+    expect(panel.get_by_role("alert")).to_contain_text("did not accept the saved key")
+    expect(key_field(page)).to_be_focused()
+    expect(page.get_by_label("Model role")).to_be_disabled()
+
+    # The right one loads the roles (and tools) and closes the panel.
+    requests.clear()
+    key_field(page).fill(f"  {UI_KEY}  ")
+    key_field(page).press("Enter")
+    expect(panel).to_be_hidden()
+    role_picker = page.get_by_label("Model role")
+    expect(role_picker).to_be_enabled()
+    expect(role_picker).to_have_value("fake")
+    expect(role_picker.locator("option")).to_have_count(2)
+    expect(key_button).to_have_attribute("data-state", "set")
+    expect(page.get_by_label("Message")).to_be_focused()
+    assert page.evaluate("localStorage.getItem('stagecast.apiKey')") == UI_KEY
+
+    send(page, "Hello with a key")
+    expect(status(page)).to_have_text("done")
+    expect(answer(page)).to_have_text("Keyed hello from the gateway.")
+    bearer = f"Bearer {UI_KEY}"
+    for path in ("/v1/models", "/v1/tools", "/stream/v1/chat"):
+        assert authorization_of(requests, path) == [bearer], path
+    screenshot(page, "api-key-chat")
+
+    # Keyboard: the key button opens the panel, Escape closes it and gives focus back.
+    key_button.focus()
+    page.keyboard.press("Enter")
+    expect(panel).to_be_visible()
+    expect(key_field(page)).to_be_focused()
+    expect(key_field(page)).to_have_value("")  # the saved key is never shown
+    page.keyboard.press("Escape")
+    expect(panel).to_be_hidden()
+    expect(key_button).to_be_focused()
+
+    # A reload finds the stored key: no prompt.
+    page.reload()
+    expect(page.get_by_label("Model role")).to_be_enabled()
+    expect(panel).to_be_hidden()
+    expect(key_button).to_have_attribute("data-state", "set")
+
+    # "Forget key" clears it, and the gateway asks again.
+    key_button.click()
+    panel.get_by_role("button", name="Forget key").click()
+    expect(panel.get_by_role("alert")).to_contain_text("This gateway needs an API key")
+    expect(page.get_by_label("Model role")).to_be_disabled()
+    expect(key_button).to_have_attribute("data-state", "needed")
+    assert page.evaluate("localStorage.getItem('stagecast.apiKey')") is None
+    expect(panel.get_by_role("button", name="Forget key")).to_be_disabled()
+
+
+def test_key_prompt_fits_a_phone(new_page: Any, keyed_ui_gateway: UIGateway) -> None:
+    page = new_page(width=375, height=740, is_mobile=True, has_touch=True)
+    page.goto(keyed_ui_gateway.url + "/")
+    expect(key_panel(page).get_by_role("alert")).to_contain_text("needs an API key")
+    panel_box = key_panel(page).bounding_box()
+    assert panel_box is not None
+    assert panel_box["x"] >= 0 and panel_box["x"] + panel_box["width"] <= 375
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    screenshot(page, "api-key-phone")
+    page.emulate_media(color_scheme="dark")
+    page.wait_for_timeout(300)  # let the colour transitions finish before the picture
+    screenshot(page, "api-key-phone-dark")
+    # Sending anyway: the stage's own 401 is shown, and the key field stays open.
+    send(page, "no key yet")
+    expect(status(page)).to_have_text("error")
+    expect(last_turn(page).locator(".error-code")).to_have_text("unauthorized")
+    expect(key_panel(page)).to_be_visible()
+    key_field(page).fill(UI_KEY)
+    page.get_by_role("button", name="Save").tap()
+    expect(page.get_by_label("Model role")).to_be_enabled()
+    expect(key_panel(page)).to_be_hidden()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    screenshot(page, "api-key-phone-saved")
+
+
+def test_stop_cancels_with_the_key(new_page: Any, keyed_ui_gateway: UIGateway) -> None:
+    upstream = keyed_ui_gateway.upstream
+    upstream.enqueue(text_script(SLOW, pace=0.1))
+    page = new_page()
+    enter_key(page, keyed_ui_gateway.url)
+    cancels: list[Any] = []
+    page.on("response", lambda r: cancels.append(r) if r.url.endswith("/cancel") else None)
+    send(page, "Count slowly")
+    expect(answer(page)).to_contain_text("s2")
+    page.get_by_role("button", name="Stop").click()
+    expect(status(page)).to_have_text("cancelled")
+    record = upstream.wait_disconnected(0, timeout=WAIT_MS / 1000)
+    assert record.finished_at is None
+    assert cancels and all(r.status == 200 for r in cancels)
+    assert all(r.request.all_headers().get("authorization") == f"Bearer {UI_KEY}" for r in cancels)
+    expect(key_panel(page)).to_be_hidden()
+
+
+def test_network_drop_resumes_with_the_key(new_page: Any, keyed_ui_gateway: UIGateway) -> None:
+    keyed_ui_gateway.upstream.enqueue(text_script(WORDS, pace=0.1))
+    with tcp_proxy("127.0.0.1", keyed_ui_gateway.port) as proxy:
+        page = new_page()
+        enter_key(page, proxy.url)
+        resumes: list[Any] = []
+        page.on(
+            "request",
+            lambda r: resumes.append(r) if "/stream/v1/stages/" in r.url else None,
+        )
+        send(page, "Count")
+        expect(answer(page)).to_contain_text("w3")
+        proxy.cut()
+        expect(status(page)).to_have_text("reconnecting…")
+        expect(status(page)).to_have_text("done", timeout=WAIT_MS * 2)
+    expect(answer(page)).to_have_text(" ".join(w.strip() for w in WORDS))
+    assert resumes
+    assert {r.method for r in resumes} == {"GET"}
+    assert {r.all_headers().get("authorization") for r in resumes} == {f"Bearer {UI_KEY}"}
+
+
+def test_leaving_the_page_cancels_with_a_keepalive_fetch(
+    new_page: Any, keyed_ui_gateway: UIGateway
+) -> None:
+    """A beacon cannot carry the key (it would get 401 and the stage would run on)."""
+    keyed_ui_gateway.upstream.enqueue(text_script(SLOW, pace=0.1))
+    page = new_page()
+    enter_key(page, keyed_ui_gateway.url)
+    bodies: list[Any] = []
+    page.on(
+        "request",
+        lambda r: bodies.append(r.post_data_json) if r.url.endswith("/stream/v1/chat") else None,
+    )
+    send(page, "Count slowly")
+    expect(answer(page)).to_contain_text("s1")
+    stage_id = last_turn(page).locator(".stage-id").inner_text()
+    page.goto("about:blank")
+    record = keyed_ui_gateway.upstream.wait_disconnected(0, timeout=WAIT_MS / 1000)
+    assert record.finished_at is None
+    events = replay(keyed_ui_gateway.url, stage_id, UI_KEY)
+    assert events[-1].event == "cancel"
+    # The stage was told to outlive its reader, so only the page's own cancel stopped it.
+    assert [b["on_disconnect"] for b in bodies] == ["continue"]
