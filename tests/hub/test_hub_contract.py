@@ -580,3 +580,33 @@ async def test_reader_of_a_replaced_run_never_sees_the_new_run(
             await drain()
     finally:
         await tail.aclose()
+
+
+@pytest.mark.redis
+async def test_a_stage_whose_replica_died_is_ended_and_its_id_freed(
+    redis_url: str, redis_prefix: str
+) -> None:
+    owner = RedisHub(redis_url, prefix=redis_prefix, owner_lease=0.6)
+    other = RedisHub(redis_url, prefix=redis_prefix, owner_lease=0.6)
+    try:
+        await owner.open("orphan", owner=None, meta={})
+        await owner.append("orphan", "chat_completion_chunk", b'{"stage_id":"orphan"}')
+        # While the owner lives it renews its lease: the id stays taken.
+        await asyncio.sleep(1.0)
+        with pytest.raises(StageConflictError):
+            await other.open("orphan", owner=None, meta={})
+        # The owner "crashes": it stops renewing without writing a terminal event.
+        await owner.aclose()
+        frames = [f async for f in other.tail("orphan", 0, heartbeat=0.2)]
+        body = b"".join(frames)
+        assert body.count(b"event: chat_completion_chunk") == 1
+        assert b"event: error" in body
+        assert b'"code":"owner_lost"' in body
+        info = await other.info("orphan")
+        assert info is not None
+        assert info.status == "error"
+        # The id can be used again.
+        await other.open("orphan", owner=None, meta={})
+    finally:
+        await owner.aclose()
+        await other.aclose()

@@ -58,20 +58,34 @@ _SOCKET_TIMEOUT = 5.0
 _LISTEN_IDLE = 30.0
 _STATUSES: frozenset[str] = frozenset(("running", "done", "cancelled", "error"))
 
-# KEYS: meta, log key prefix. ARGV: owner, has_owner, meta JSON, created_at, gen, replica.
-_OPEN = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'running' then return 0 end
+# Milliseconds on the Redis server's clock, so replicas never compare their own clocks.
+_NOW = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# KEYS: meta, log key prefix. ARGV: owner, has_owner, meta JSON, created_at, gen, replica,
+# lease_ms. A running stage whose owner stopped renewing its lease may be replaced.
+_OPEN = (
+    _NOW
+    + """
+local m = redis.call('HMGET', KEYS[1], 'status', 'lease')
+local st = m[1]
+if st == 'running' and tonumber(m[2] or 0) >= now_ms() then return 0 end
 if st then
   local old = redis.call('HGET', KEYS[1], 'gen')
   if old then redis.call('DEL', KEYS[2] .. old) end
   redis.call('DEL', KEYS[1])
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'meta', ARGV[3], 'created_at', ARGV[4],
-  'gen', ARGV[5], 'replica', ARGV[6], 'last_seq', 0, 'nbytes', 0, 'readers', 0)
+  'gen', ARGV[5], 'replica', ARGV[6], 'last_seq', 0, 'nbytes', 0, 'readers', 0,
+  'lease', now_ms() + tonumber(ARGV[7]))
 if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'owner', ARGV[1]) end
 return 1
 """
+)
 
 # KEYS: meta, log key prefix. ARGV: event, data, terminal status or '', max_events,
 # max_bytes, ttl_ms, now. Returns the new seq, or -1 unknown stage, -2 ended, -3 too large.
@@ -118,6 +132,38 @@ redis.call('PUBLISH', ARGV[1], m[2] .. ' ' .. ARGV[2])
 return 1
 """
 
+# KEYS: metas of this replica's running stages. ARGV: lease_ms, replica. Renews each lease
+# that is still this replica's.
+_RENEW = (
+    _NOW
+    + """
+local until_ms = now_ms() + tonumber(ARGV[1])
+for _, key in ipairs(KEYS) do
+  local m = redis.call('HMGET', key, 'status', 'replica')
+  if m[1] == 'running' and m[2] == ARGV[2] then redis.call('HSET', key, 'lease', until_ms) end
+end
+return 1
+"""
+)
+
+# KEYS: meta, log key prefix. ARGV: error payload, ttl_ms, finished_at. Ends a running stage
+# whose owner's lease ran out (the replica died) with a terminal error event. Returns 1 if
+# it did.
+_REAP = (
+    _NOW
+    + """
+local m = redis.call('HMGET', KEYS[1], 'status', 'lease', 'last_seq', 'gen')
+if m[1] ~= 'running' or tonumber(m[2] or 0) >= now_ms() then return 0 end
+local seq = tonumber(m[3]) + 1
+local logkey = KEYS[2] .. m[4]
+redis.call('XADD', logkey, '0-' .. seq, 'e', 'error', 'd', ARGV[1])
+redis.call('HSET', KEYS[1], 'last_seq', seq, 'status', 'error', 'finished_at', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', logkey, ARGV[2])
+return 1
+"""
+)
+
 # KEYS: meta. ARGV: +1 or -1. Never below zero, never creates the hash.
 _READERS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -158,6 +204,7 @@ class RedisHub:
         retry_ms: int = 2000,
         replica_id: str | None = None,
         prefix: str = "stagecast:",
+        owner_lease: float = 15.0,
     ) -> None:
         self.ttl = ttl
         self.max_events = max_events
@@ -166,6 +213,9 @@ class RedisHub:
         self.retry_ms = retry_ms
         self.replica_id = replica_id or secrets.token_hex(6)
         self.prefix = prefix
+        # A replica renews the leases of its running stages every third of this; a stage
+        # whose lease ran out belongs to a replica that died, and readers end it.
+        self.owner_lease = owner_lease
         self._channel = f"{prefix}cancel".encode()
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
             url,
@@ -183,6 +233,9 @@ class RedisHub:
         self._events_script = self._redis.register_script(_EVENTS)
         self._cancel_script = self._redis.register_script(_CANCEL)
         self._readers_script = self._redis.register_script(_READERS)
+        self._renew_script = self._redis.register_script(_RENEW)
+        self._reap_script = self._redis.register_script(_REAP)
+        self._keeper: asyncio.Task[None] | None = None
         self._owned: dict[str, _Owned] = {}
         self._pubsub: PubSub | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -222,6 +275,9 @@ class RedisHub:
             self._listener = asyncio.create_task(
                 self._listen(pubsub), name=f"stagecast-hub-cancel-{self.replica_id}"
             )
+            self._keeper = asyncio.create_task(
+                self._keep_leases(), name=f"stagecast-hub-lease-{self.replica_id}"
+            )
 
     async def open(self, stage_id: str, *, owner: str | None, meta: dict[str, Any]) -> None:
         """Create the log of a new stage; ``StageConflictError`` if that id is live anywhere."""
@@ -237,6 +293,7 @@ class RedisHub:
                 repr(time.time()),
                 gen,
                 self.replica_id,
+                max(int(self.owner_lease * 1000), 1),
             ],
         )
         if created:
@@ -342,6 +399,8 @@ class RedisHub:
             if status != b"running":
                 # Already past the terminal event (``after`` was at or beyond it).
                 return
+            if stage_id not in self._owned and await _keep_cancel(self._reap(stage_id)):
+                continue
             if heartbeat is not None and loop.time() - quiet_since >= heartbeat:
                 yield b""
                 quiet_since = loop.time()
@@ -420,13 +479,15 @@ class RedisHub:
         )
 
     async def aclose(self) -> None:
-        """Stop the cancel listener and close every connection."""
+        """Stop the cancel listener and lease keeper, and close every connection."""
         self._closed = True
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+        for attr in ("_listener", "_keeper"):
+            task = getattr(self, attr)
+            setattr(self, attr, None)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated upstream
@@ -462,6 +523,39 @@ class RedisHub:
                 log.exception("cancel listener failed", extra={"replica": self.replica_id})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    async def _keep_leases(self) -> None:
+        lease_ms = max(int(self.owner_lease * 1000), 1)
+        while True:
+            await asyncio.sleep(self.owner_lease / 3)
+            keys = [self._meta_key(s) for s in self._owned]
+            if not keys:
+                continue
+            try:
+                await self._renew_script(keys=keys, args=[lease_ms, self.replica_id])
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "could not renew stage leases",
+                    extra={"replica": self.replica_id, "error": repr(exc)},
+                )
+
+    async def _reap(self, stage_id: str) -> bool:
+        """End ``stage_id`` with ``owner_lost`` if its owner's lease ran out."""
+        payload = orjson.dumps(
+            {
+                "stage_id": stage_id,
+                "error": "the gateway replica running this stage stopped; run it again",
+                "code": "owner_lost",
+                "retryable": True,
+            }
+        )
+        reaped = await self._reap_script(
+            keys=[self._meta_key(stage_id), self._log_prefix(stage_id)],
+            args=[payload, max(int(self.ttl * 1000), 1), repr(time.time())],
+        )
+        if reaped:
+            log.warning("stage owner lost; stage ended", extra={"stage_id": stage_id})
+        return bool(reaped)
 
     def _deliver(self, stage_id: str, gen: str) -> None:
         owned = self._owned.get(stage_id)
