@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -84,11 +86,13 @@ GatewayFactory = Callable[..., Gateway]
 
 
 @pytest.fixture
-def make_gateway() -> Iterator[GatewayFactory]:
+def make_gateway(tmp_path: Path) -> Iterator[GatewayFactory]:
     """Start gateways: ``make_gateway(models={...}, heartbeat_interval=...)``."""
     with ExitStack() as stack:
 
         def factory(**settings: Any) -> Gateway:
+            # Stage records go to a file of this test, never to the working directory.
+            settings.setdefault("database_path", str(tmp_path / f"records-{uuid.uuid4().hex}.db"))
             app = create_app(Settings(**settings))
             server = stack.enter_context(serve(app))
             return Gateway(server, app)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any
 
@@ -221,7 +222,16 @@ async def test_metrics_move_with_each_outcome(
         for _ in range(2):
             async with client.stream_toolchain(user_prompt="t") as s:
                 [e async for e in s]
-        text = (await client.http.get("/metrics")).text
+        # Gauges fall when the server has finished with each stream, just after the client did.
+        for _ in range(200):
+            text = (await client.http.get("/metrics")).text
+            if (
+                metric(text, "stagecast_active_streams")
+                == 0
+                == metric(text, "stagecast_active_stages")
+            ):
+                break
+            await asyncio.sleep(0.05)
     assert metric(text, "stagecast_stages_total", role="fake", mode="chat", status="done") == 1
     assert metric(text, "stagecast_stages_total", role="fake", mode="chat", status="error") == 1
     assert metric(text, "stagecast_stages_total", role="fake", mode="chat", status="cancelled") == 1

@@ -58,6 +58,7 @@ def two_replicas(
 ) -> Iterator[tuple[str, str]]:
     config = tmp_path / "stagecast.toml"
     config.write_text(
+        f'database_path = "{tmp_path}/records.db"\n'
         f'redis_url = "{redis_url}"\nredis_prefix = "{redis_prefix}"\nheartbeat_interval = 1\n'
         f'[models.fake]\nbase_url = "{upstream.url}"\nmodel = "m"\n'
     )

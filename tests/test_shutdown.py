@@ -51,7 +51,8 @@ def test_stages_past_the_grace_period_end_with_server_shutdown(
 ) -> None:
     config = tmp_path / "stagecast.toml"
     config.write_text(
-        f'shutdown_grace = 1\n[models.fake]\nbase_url = "{upstream.url}"\nmodel = "m"\n'
+        f'shutdown_grace = 1\ndatabase_path = "{tmp_path}/records.db"\n'
+        f'[models.fake]\nbase_url = "{upstream.url}"\nmodel = "m"\n'
     )
     upstream.enqueue(text_script([f"{i} " for i in range(100)], pace=0.1))
     with gateway_process(config) as (proc, url):

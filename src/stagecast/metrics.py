@@ -5,9 +5,22 @@ Counting happens when a stage ends, not per chunk, so the relay path pays nothin
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class RecordCounters(Protocol):
+    """What the metrics read from the record writer."""
+
+    @property
+    def pending(self) -> int: ...
+
+    dropped: int
+    failed_attempts: int
+
 
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -55,6 +68,16 @@ class Metrics:
             registry=r,
         )
 
+    def watch_records(self, writer: RecordCounters) -> None:
+        """Expose the record writer's queue and failure counters."""
+        for name, doc, attr in (
+            ("stagecast_records_pending", "Stage records waiting to be written", "pending"),
+            ("stagecast_records_dropped", "Stage records given up (overflow, shutdown)", "dropped"),
+            ("stagecast_records_failed_attempts", "Failed writes, retried", "failed_attempts"),
+        ):
+            gauge = Gauge(name, doc, registry=self.registry)
+            gauge.set_function(functools.partial(_read, writer, attr))
+
     def stage_ended(
         self,
         *,
@@ -80,3 +103,7 @@ class Metrics:
     def render(self) -> bytes:
         """The exposition text for ``GET /metrics``."""
         return generate_latest(self.registry)
+
+
+def _read(obj: object, attr: str) -> float:
+    return float(getattr(obj, attr))

@@ -24,8 +24,9 @@ from stagecast.config import Settings
 from stagecast.hub.base import StreamHub
 from stagecast.hub.memory import MemoryHub
 from stagecast.metrics import Metrics
-from stagecast.stages.runs import StageEnd, StageManager
+from stagecast.stages.runs import StageEnd, StageManager, stage_record
 from stagecast.stages.toolchain import ToolPolicy, make_toolchain
+from stagecast.store import RecordWriter, Store, StoreError, make_store
 from stagecast.tools.builtins import ToolHttp
 from stagecast.tools.registry import ToolRegistry, build_registry
 
@@ -45,6 +46,8 @@ class AppState:
     keys: KeyRing
     limits: Limits
     metrics: Metrics
+    store: Store
+    records: RecordWriter
 
 
 def make_hub(settings: Settings, metrics: Metrics | None = None) -> StreamHub:
@@ -77,6 +80,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else MemoryRateLimiter()
     )
     limits = Limits(rate)
+    store = make_store(settings.database_url, settings.database_path)
+    records = RecordWriter(store)
+    metrics.watch_records(records)
 
     def stage_ended(end: StageEnd) -> None:
         ctx = end.ctx
@@ -97,9 +103,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         metrics.active_stages.dec()
         limits.release(ctx.owner)
+        records.submit(stage_record(end))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await store.start()
+        except StoreError as exc:
+            # Streaming does not need the database: records wait in the writer until it is up.
+            log.error("record store unavailable at startup", extra={"error": exc.message})
+        await records.start()
         router = Router(settings)
         hub = make_hub(settings, metrics)
         policy = ToolPolicy(
@@ -121,6 +134,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             keys=keys,
             limits=limits,
             metrics=metrics,
+            store=store,
+            records=records,
         )
         app.state.stagecast = state
         log.info("stagecast ready", extra={"roles": router.roles, "auth": keys.enabled})
@@ -132,6 +147,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await router.aclose()
             await tool_http.aclose()
             await rate.aclose()
+            await records.aclose(timeout=5.0)
+            await store.aclose()
 
     app = _GatewayApp(
         max_body_bytes=settings.limits.max_body_bytes,

@@ -51,6 +51,8 @@ def status_for(exc: StagecastError) -> int:
         return 404
     if isinstance(exc, UpstreamTimeoutError):
         return 504
+    if exc.code == "store_unavailable":
+        return 503
     if isinstance(exc, UpstreamError):
         return 503 if exc.code == "role_busy" else 502
     return 500

@@ -303,6 +303,38 @@ async def _visible_stage(request: Request, stage_id: str) -> StageInfo:
     return info
 
 
+@router.get("/v1/stages", responses=_errors(401, 422), response_class=Response)
+async def list_stages(
+    request: Request,
+    limit: int = Query(default=50, ge=1, le=500),
+    cursor: str | None = Query(default=None, max_length=512),
+) -> Response:
+    """The caller's stage records, newest first; pass ``next_cursor`` back for the next page."""
+    principal = _principal(request)
+    records, next_cursor = await _state(request).store.list(
+        owner=principal.key_id, limit=limit, cursor=cursor
+    )
+    return json_response(
+        {
+            "object": "list",
+            "data": [r.model_dump(mode="json") for r in records],
+            "next_cursor": next_cursor,
+        }
+    )
+
+
+@router.get("/v1/stages/{stage_id}", responses=_errors(401, 404), response_class=Response)
+async def get_stage(request: Request, stage_id: str) -> Response:
+    """The record of one of the caller's stages (written when the stage ends)."""
+    principal = _principal(request)
+    record = await _state(request).store.get(stage_id, owner=principal.key_id)
+    if record is None:
+        raise StageNotFoundError(
+            f"no record of stage {stage_id!r} (unknown, still running, or not yet written)"
+        )
+    return json_response(record.model_dump(mode="json"))
+
+
 @router.get("/v1/models", responses=_errors(401), response_class=Response)
 async def list_models(request: Request) -> Response:
     """The configured roles (what ``model_container`` may name)."""
@@ -334,11 +366,17 @@ async def healthz(request: Request) -> Response:
         role: {"ok": r.ok, "detail": r.detail, "latency_ms": r.latency_ms}
         for role, r in results.items()
     }
-    healthy = all(r.ok for r in results.values())
+    try:
+        async with asyncio.timeout(state.settings.health_timeout):
+            store_ok = await state.store.ping()
+    except (TimeoutError, StagecastError):
+        store_ok = False
+    healthy = store_ok and all(r.ok for r in results.values())
     body = {
         "status": "ok" if healthy else "degraded",
         "accepting": state.stages.accepting,
         "backends": backends,
+        "store": {"ok": store_ok, "pending_records": state.records.pending},
     }
     return json_response(body, 200 if state.stages.accepting else 503)
 

@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from stagecast.backends.router import Router
@@ -21,6 +22,7 @@ from stagecast.hub.base import StreamHub
 from stagecast.protocol.requests import StageRequest
 from stagecast.stages.chat import run_chat
 from stagecast.stages.context import StageContext, StageMode, StageOutcome
+from stagecast.store.base import StageRecord, summarise_request
 
 log = logging.getLogger(__name__)
 
@@ -223,3 +225,32 @@ class StageManager:
 
 def _error(ctx: StageContext, exc: StagecastError) -> bytes:
     return ctx.payload(error=exc.message, code=exc.code, retryable=exc.retryable)
+
+
+def stage_record(end: StageEnd) -> StageRecord:
+    """The record kept of a stage that ended."""
+    ctx = end.ctx
+    stats = ctx.stats
+    outcome = end.outcome
+    error = None
+    if end.error is not None:
+        error = {"code": end.error.code, "message": end.error.message}
+    return StageRecord(
+        stage_id=ctx.stage_id,
+        owner=ctx.owner,
+        role=ctx.role,
+        mode=ctx.mode,
+        status=end.status,
+        request=summarise_request(ctx.request),
+        text=outcome.text if outcome else "".join(stats.text_parts),
+        reasoning=outcome.reasoning if outcome else "",
+        tool_calls=(outcome.tool_calls if outcome else None) or [],
+        tool_results=(outcome.tool_results if outcome else None) or {},
+        usage=outcome.usage if outcome else None,
+        error=error,
+        created_at=datetime.fromtimestamp(stats.started_at, UTC),
+        first_token_at=(
+            datetime.fromtimestamp(stats.first_token_at, UTC) if stats.first_token_at else None
+        ),
+        finished_at=datetime.now(UTC),
+    )
