@@ -1,4 +1,4 @@
-"""The ``stagecast`` command: ``serve`` the gateway, ``chat`` with it."""
+"""The ``stagecast`` command: ``serve`` the gateway, ``chat`` with it, run ``cases`` against it."""
 
 from stagecast.cli.main import app, main
 
