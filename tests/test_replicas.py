@@ -96,10 +96,11 @@ async def test_cancel_sent_to_b_stops_the_run_on_a(
     upstream.enqueue(text_script(WORDS, pace=0.1))
     async with AsyncStagecast(a_url) as a, AsyncStagecast(b_url) as b:
         async with a.stream_chat(user_prompt="x", stage_id="stop-1") as on_a:
-            first = [await anext(aiter(on_a))]
+            events_a = aiter(on_a)
+            first = [await anext(events_a)]
             async with b.attach("stop-1") as on_b:
                 receipt = await b.cancel("stop-1")
-                rest_a = [e async for e in on_a]
+                rest_a = [e async for e in events_a]
                 all_b = [e async for e in on_b]
     assert receipt["status_before"] == "running"
     assert receipt["status_after"] == "cancelled"

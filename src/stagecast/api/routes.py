@@ -153,6 +153,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 ERROR_TEXT = {
+    400: "A malformed parameter (e.g. a cursor this server did not hand out)",
     401: "Missing or unknown API key",
     403: "The key may not use this role",
     404: "Unknown role, or no such stage for this key",
@@ -303,7 +304,7 @@ async def _visible_stage(request: Request, stage_id: str) -> StageInfo:
     return info
 
 
-@router.get("/v1/stages", responses=_errors(401, 422), response_class=Response)
+@router.get("/v1/stages", responses=_errors(400, 401, 422), response_class=Response)
 async def list_stages(
     request: Request,
     limit: int = Query(default=50, ge=1, le=500),
