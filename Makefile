@@ -42,13 +42,23 @@ test: install browser
 	$(BIN)/pytest
 
 check: install
-	$(BIN)/ruff format --check src tests
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
 fmt: install
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+# The side-by-side benchmark: direct vs stagecast (vs LiteLLM after `make bench-peers`).
+bench: install
+	$(BIN)/python -m bench.runner
+
+# LiteLLM's proxy and py-spy, in an environment of their own: never in stagecast's.
+PEERS := bench/.peers-venv
+bench-peers:
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --quiet --disable-pip-version-check 'litellm[proxy]==1.108.7' 'py-spy==0.4.3'
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,391 @@
+"""The processes of the benchmark: start, pin, measure and always stop them.
+
+The mock upstream, stagecast and LiteLLM's proxy each run as their own process (one event loop
+each), started in a new session so that the whole process group can be stopped, and pinned
+with ``taskset`` when the machine allows: gateways on one core, the mock and the load client on
+another. CPU time and memory come from ``/proc`` and include child processes.
+
+``python -m bench.peers stagecast --port P --upstream URL`` is the stagecast launcher: it
+builds ``Settings`` in code and calls ``stagecast.server.run_server``, which is exactly what
+``stagecast serve`` does (uvicorn with uvloop and httptools).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.load_client import http_json
+from bench.mock_upstream import raise_nofile_limit
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+PEERS_VENV = BENCH_DIR / ".peers-venv"
+LITELLM_CONFIG = BENCH_DIR / "litellm_config.yaml"
+HOST = "127.0.0.1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# A dead local proxy: if a peer ever tried to reach the internet, the attempt would end here
+# at once instead of leaving the machine (LiteLLM's model cost map is the known case).
+NO_EGRESS_ENV = {
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "NO_PROXY": "127.0.0.1,localhost",
+    "no_proxy": "127.0.0.1,localhost",
+}
+
+
+def pinning() -> tuple[bool, str]:
+    """Whether processes can be pinned to separate cores, and why not if they cannot."""
+    if shutil.which("taskset") is None:
+        return False, "taskset is not installed: processes are not pinned"
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return False, f"only {len(cores)} core available: processes are not pinned"
+    return True, f"gateway pinned to core {cores[1]}; mock and load client to core {cores[0]}"
+
+
+def cores() -> tuple[int, int]:
+    """(core for the mock and the client, core for the gateway under test)."""
+    available = sorted(os.sched_getaffinity(0))
+    return available[0], available[-1]
+
+
+def free_port() -> int:
+    """A free loopback port (the peer binds it a moment later; a collision is very unlikely)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    tree = _children()
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(tree.get(p, []))
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time of these processes (all their threads), from /proc/<pid>/stat."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / CLK_TCK
+
+
+def run_ns(pids: list[int]) -> int:
+    """Nanoseconds on CPU of every live thread of these processes (/proc/<pid>/task/*/schedstat).
+
+    Precise, unlike the 10 ms ticks of /proc/<pid>/stat, but blind to threads that exited:
+    good for telling whether a process is quiet, not for accounting.
+    """
+    total = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total
+
+
+def rss_bytes(pids: list[int]) -> int:
+    """Resident memory of these processes, from ``VmRSS`` in /proc/<pid>/status."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            continue
+    return total
+
+
+class Proc:
+    """One started process (group): its port, its log, and its resource use."""
+
+    def __init__(self, name: str, popen: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.name = name
+        self.popen = popen
+        self.log_path = log_path
+        self.port = 0
+        self._tree: list[int] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def pids(self) -> list[int]:
+        """The process and its children, looked up once the peer is ready (it is then stable)."""
+        if self._tree is None:
+            self._tree = process_tree(self.pid)
+        return self._tree
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pids())
+
+    def rss_bytes(self) -> int:
+        return rss_bytes(self.pids())
+
+    def run_ns(self) -> int:
+        return run_ns(self.pids())
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM to the process group, then SIGKILL if it is still there after ``timeout``."""
+        if self.popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+            self.popen.wait(5)
+
+
+class Processes:
+    """Starts the peers and stops every one of them on exit, whatever happened."""
+
+    def __init__(self, *, pin: bool) -> None:
+        self.pin = pin
+        self.procs: list[Proc] = []
+        self.log_dir = Path(tempfile.mkdtemp(prefix="stagecast-bench-"))
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+    def stop_all(self) -> None:
+        """Stop every process started here, newest first."""
+        for proc in reversed(self.procs):
+            with contextlib.suppress(Exception):
+                proc.stop()
+        self.procs.clear()
+
+    def stop(self, proc: Proc) -> None:
+        """Stop one process now."""
+        proc.stop()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def _spawn(
+        self,
+        name: str,
+        cmd: list[str],
+        *,
+        core: int | None,
+        env: dict[str, str] | None = None,
+        stdout_pipe: bool = False,
+    ) -> Proc:
+        if self.pin and core is not None:
+            cmd = ["taskset", "-c", str(core), *cmd]
+        log_path = self.log_dir / f"{name}-{len(self.procs)}.log"
+        log = open(log_path, "wb")  # noqa: SIM115 - the child keeps it; closed with the Popen
+        base = {k: v for k, v in os.environ.items() if not k.startswith("STAGECAST_")}
+        popen = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env={**base, **NO_EGRESS_ENV, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stdout_pipe else log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        proc = Proc(name, popen, log_path)
+        self.procs.append(proc)
+        return proc
+
+    async def start_mock(self, core: int | None) -> Proc:
+        """The mock upstream; its port comes from its ``READY <port>`` line."""
+        proc = self._spawn(
+            "mock", [sys.executable, "-m", "bench.mock_upstream"], core=core, stdout_pipe=True
+        )
+        stdout = proc.popen.stdout
+        assert stdout is not None
+        deadline = time.monotonic() + 20
+        line = b""
+        while time.monotonic() < deadline and proc.alive():
+            ready, _, _ = select.select([stdout], [], [], 0.2)
+            if ready:
+                line = stdout.readline()
+                break
+        if not line.startswith(b"READY "):
+            raise RuntimeError(f"mock upstream did not start: {line!r}\n{proc.log_tail()}")
+        proc.port = int(line.split()[1])
+        return proc
+
+    async def start_stagecast(self, upstream: str, core: int | None) -> Proc:
+        """stagecast as ``stagecast serve`` runs it, with one role pointing at the mock."""
+        port = free_port()
+        cmd = [sys.executable, "-m", "bench.peers", "stagecast", "--port", str(port)]
+        proc = self._spawn("stagecast", [*cmd, "--upstream", upstream], core=core)
+        proc.port = port
+        await _wait_ready(proc, "/healthz", timeout=60)
+        return proc
+
+    async def start_litellm(self, upstream: str, core: int | None) -> tuple[Proc, str] | str:
+        """LiteLLM's proxy pointed at the mock; returns (process, key) or why it was skipped."""
+        exe = PEERS_VENV / "bin" / "litellm"
+        if not exe.exists():
+            return f"LiteLLM not installed ({exe} missing; run `make bench-peers`)"
+        port = free_port()
+        key = "sk-bench-" + secrets.token_hex(16)
+        env = {
+            "BENCH_MOCK_BASE_URL": upstream,
+            # A master key as a real deployment has (the proxy refuses to start without one);
+            # with no database, checking it is a comparison, not a lookup.
+            "LITELLM_MASTER_KEY": key,
+            # Use the bundled model cost map: never fetch it from the internet at startup.
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "LITELLM_LOG": "ERROR",
+            "LITELLM_TELEMETRY": "False",
+            # LiteLLM caps its upstream pool at 1,000 connections, 500 per host, by default
+            # (and 0 falls back to aiohttp's 100); stagecast runs with max_concurrency 10,000.
+            "AIOHTTP_CONNECTOR_LIMIT": "10000",
+            "AIOHTTP_CONNECTOR_LIMIT_PER_HOST": "10000",
+        }
+        cmd = [
+            str(exe),
+            "--config",
+            str(LITELLM_CONFIG),
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+        ]
+        proc = self._spawn("litellm", cmd, core=core, env=env)
+        proc.port = port
+        try:
+            await _wait_ready(proc, "/health/liveliness", timeout=120)
+        except RuntimeError as exc:
+            self.stop(proc)
+            return f"LiteLLM did not start: {exc}"
+        return proc, key
+
+
+async def _wait_ready(proc: Proc, path: str, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}):\n{proc.log_tail()}")
+        try:
+            status, _ = await http_json(HOST, proc.port, "GET", path, timeout=5)
+            if status == 200:
+                return
+            last = f"HTTP {status}"
+        except (OSError, TimeoutError, ValueError, IndexError) as exc:
+            last = repr(exc)
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"{proc.name} not ready after {timeout:g}s ({last}):\n{proc.log_tail()}")
+
+
+def serve_stagecast(port: int, upstream: str) -> None:
+    """Run stagecast the way ``stagecast serve`` does, with the benchmark's one role."""
+    from stagecast.config import ModelConfig, Settings
+    from stagecast.server import run_server
+
+    raise_nofile_limit()
+    settings = Settings(
+        host=HOST,
+        port=port,
+        models={
+            "bench": ModelConfig(
+                kind="openai",
+                base_url=upstream,
+                model="mock",
+                retries=0,
+                max_concurrency=10_000,
+                first_token_timeout=60,
+                idle_timeout=60,
+                total_timeout=3600,
+            )
+        },
+        heartbeat_interval=30,
+        log_level="warning",
+        # Records are written as in production, but to a scratch file, not the checkout.
+        database_path=str(Path(tempfile.mkdtemp(prefix="stagecast-bench-")) / "records.db"),
+    )
+    run_server(settings)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bench.peers stagecast --port P --upstream URL``."""
+    parser = argparse.ArgumentParser(description="benchmark peer launcher")
+    sub = parser.add_subparsers(dest="peer", required=True)
+    sc = sub.add_parser("stagecast", help="serve stagecast with one role at --upstream")
+    sc.add_argument("--port", type=int, required=True)
+    sc.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:P/v1")
+    args = parser.parse_args(argv)
+    if args.peer == "stagecast":
+        serve_stagecast(args.port, args.upstream)
+
+
+if __name__ == "__main__":
+    main()
