@@ -19,7 +19,7 @@ from stagecast.hub.base import (
     StageInfo,
     StageNotFoundError,
 )
-from stagecast.protocol.sse import encode_frame
+from stagecast.protocol.sse import SSEDecoder, encode_frame
 
 # Most frames one write may carry (about 170 KB of typical chunk events).
 MAX_BATCH = 512
@@ -28,7 +28,6 @@ MAX_BATCH = 512
 class _Log:
     __slots__ = (
         "cancel_callbacks",
-        "events",
         "frames",
         "info",
         "nbytes",
@@ -40,7 +39,6 @@ class _Log:
     def __init__(self, info: StageInfo) -> None:
         self.info = info
         self.frames: list[bytes] = []
-        self.events: list[tuple[str, bytes]] = []
         self.nbytes = 0
         self.waiters: list[asyncio.Future[None]] = []
         self.terminal = False
@@ -105,7 +103,6 @@ class MemoryHub:
             # The common frame in one formatting step (same bytes as encode_frame).
             frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, event.encode(), data)
         log.frames.append(frame)
-        log.events.append((event, data))
         log.nbytes += len(frame)
         log.info.last_seq = seq
         if status is not None:
@@ -175,7 +172,11 @@ class MemoryHub:
         log = self._logs.get(stage_id)
         if log is None:
             raise StageNotFoundError(f"no stage {stage_id!r} (unknown or expired)")
-        return [(i + 1, e, d) for i, (e, d) in enumerate(log.events) if i + 1 > after]
+        # Only the encoded frames are kept (one copy of each event); reading back is rare.
+        out = []
+        for event in SSEDecoder().feed(b"".join(log.frames[max(after, 0) :])):
+            out.append((int(event.id or 0), event.event, event.data.encode()))
+        return out
 
     async def request_cancel(self, stage_id: str) -> bool:
         log = self._logs.get(stage_id)
