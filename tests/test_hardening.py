@@ -255,3 +255,35 @@ def test_refuses_a_public_address_without_keys() -> None:
     check_exposure(Settings(host="0.0.0.0", insecure_no_auth=True))
     with pytest.raises(ConfigError, match="--insecure-no-auth"):
         check_exposure(Settings(host="0.0.0.0"))
+
+
+@pytest.mark.redis
+async def test_rate_limit_is_shared_by_replicas_through_redis(
+    make_gateway: GatewayFactory,
+    upstream: FakeUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    monkeypatch.setenv("TEST_KEY_R", "sk-rate-0001")
+    shared: dict[str, Any] = {
+        "models": {"fake": role(upstream.url)},
+        "api_keys": [ApiKeyConfig(id="r", key_env="TEST_KEY_R", rate_per_minute=6, burst=3)],
+        "redis_url": redis_url,
+        "redis_prefix": redis_prefix,
+    }
+    replicas = [make_gateway(**shared), make_gateway(**shared)]
+    upstream.fallback = text_script(["ok"])
+    codes = []
+    async with httpx.AsyncClient(timeout=10) as http:
+        for i in range(4):
+            gw = replicas[i % 2]
+            r = await http.post(
+                f"{gw.url}/completion/v1/chat",
+                json={"user_prompt": "x"},
+                headers=auth("sk-rate-0001"),
+            )
+            codes.append(r.status_code)
+    # A burst of 3 across both replicas together, not 3 on each.
+    assert codes == [200, 200, 200, 429], codes
+    assert int(r.headers["retry-after"]) >= 1
