@@ -61,4 +61,4 @@ bench-peers:
 	$(PEERS)/bin/pip install --quiet --disable-pip-version-check 'litellm[proxy]==1.108.7' 'py-spy==0.4.3'
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) $(PEERS) .pytest_cache .mypy_cache .ruff_cache

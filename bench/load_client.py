@@ -667,6 +667,9 @@ async def run_workload(target: Target, workload: Workload, tag: str) -> Workload
         t_abort = time.monotonic_ns()
         for conn in conns:
             conn.abort(TIMEOUT)
+        for r in results:  # streams the time limit kept from starting (sequential workloads)
+            if r.error is None and r.terminal is None and not r.t_request:
+                r.error = TIMEOUT
         # Let the aborted transports report connection_lost.
         await asyncio.sleep(0.05)
     finally:

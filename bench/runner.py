@@ -231,7 +231,8 @@ class Runner:
         # Upstream streams the mock ended because no gateway had closed them 3 s after a
         # workload (flat-out streams a gateway kept reading after its clients left).
         self.aborted_upstream = 0
-        self.client_core, self.gateway_core = cores()
+        # Set by run() from what it saw before pinning itself (then it sees one core only).
+        self.client_core, self.gateway_core = 0, 0
 
     async def mock_json(self, method: str, path: str) -> Any:
         _, obj = await http_json(HOST, self.mock.port, method, path, timeout=10)
@@ -552,6 +553,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         mock = await procs.start_mock(client_core)
         upstream = f"{mock.url}/v1"
         runner = Runner(plan, procs, mock, log)
+        runner.client_core, runner.gateway_core = client_core, gateway_core
         runner.notes.append(pin_note)
 
         async def start_stagecast() -> Bench:
@@ -671,7 +673,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; exit status 1 if any stream was wrong (never for speed)."""
+    """Command-line entry point; exit status 1 if a direct or stagecast stream was wrong.
+
+    Never because of speed.
+    """
     parser = argparse.ArgumentParser(description="stagecast side-by-side benchmark")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="one small round (< 30 s)")
@@ -703,7 +708,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         print(render_markdown(doc))
     print(f"wrote {args.out}")
-    return 1 if any(doc["problems"].values()) else 0
+    # LiteLLM's own failures are reported, not an error of this benchmark or of stagecast.
+    return 1 if doc["problems"].get("direct") or doc["problems"].get("stagecast") else 0
 
 
 def _finite(obj: Any) -> Any:

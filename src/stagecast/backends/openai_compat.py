@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import yarl
 
 from stagecast.backends.base import ChatCall, ChunkStream, ProbeResult, UpstreamChunk
 from stagecast.config import ModelConfig
@@ -90,7 +91,8 @@ class OpenAICompatBackend:
         self.role = role
         self.config = config
         self._base = config.base_url.rstrip("/")
-        self._url = self._base + "/chat/completions"
+        # Parsed once: aiohttp would parse a string URL on every request.
+        self._url = yarl.URL(self._base + "/chat/completions")
         self._session: aiohttp.ClientSession | None = None
         headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
         key = config.api_key()

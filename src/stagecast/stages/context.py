@@ -81,7 +81,8 @@ class StageContext:
         self.emit: Emit = emit or _discard
         self.stats = StageStats()
         # The stage id as JSON, spliced into every payload without re-encoding it.
-        self.sid_json = orjson.dumps(stage_id)
+        # A copy: orjson's own result keeps a 4 KiB buffer alive for as long as it is held.
+        self.sid_json = bytes(memoryview(orjson.dumps(stage_id)))
 
     def payload(self, **fields: Any) -> bytes:
         """A payload object whose first field is ``stage_id``."""

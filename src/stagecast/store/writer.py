@@ -44,6 +44,7 @@ class RecordWriter:
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
         batch_size: int = 100,
+        linger: float = 0.05,
     ) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
@@ -54,6 +55,7 @@ class RecordWriter:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.batch_size = max(1, batch_size)
+        self.linger = max(0.0, linger)
         self.saved = 0
         self.failed_attempts = 0
         self.dropped = 0
@@ -160,6 +162,10 @@ class RecordWriter:
                     return
                 self._wake.clear()
                 await self._wake.wait()
+                if self.linger and not self._closed:
+                    # Let records of stages ending together share one transaction: fewer
+                    # commits, and less time the database thread competes with the relay.
+                    await self._backoff(self.linger)
                 continue
             batch = list(islice(self._pending.values(), self.batch_size))
             self._in_flight = {r.stage_id: r for r in batch}
