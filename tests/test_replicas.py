@@ -2,54 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
-import httpx
 import pytest
 
 from stagecast.client import AsyncStagecast
 from tests.peers.fake_upstream import FakeUpstream, text_script
-from tests.peers.servers import free_port, wait_for
+from tests.peers.servers import gateway_process
 from tests.test_chat_stream import assert_protocol, text_of
 
 pytestmark = pytest.mark.redis
-BIN = str(Path(sys.executable).with_name("stagecast"))
 WORDS = [f"w{i} " for i in range(40)]
-
-
-@contextmanager
-def replica(config: Path) -> Iterator[str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STAGECAST_")}
-    proc = subprocess.Popen(
-        [BIN, "serve", "--config", str(config), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(url + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        assert wait_for(up, timeout=30, interval=0.1), "replica did not start"
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
@@ -63,8 +28,8 @@ def two_replicas(
         f'[models.fake]\nbase_url = "{upstream.url}"\nmodel = "m"\n'
     )
     with ExitStack() as stack:
-        a = stack.enter_context(replica(config))
-        b = stack.enter_context(replica(config))
+        _, a = stack.enter_context(gateway_process(config, capture=False))
+        _, b = stack.enter_context(gateway_process(config, capture=False))
         yield a, b
 
 

@@ -2,48 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
 from tests.peers.fake_upstream import FakeUpstream, text_script
-from tests.peers.servers import free_port, wait_for
-
-BIN = str(Path(sys.executable).with_name("stagecast"))
-
-
-@contextmanager
-def gateway_process(config: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STAGECAST_")}
-    proc = subprocess.Popen(
-        [BIN, "serve", "--config", str(config), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(url + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        assert wait_for(up, timeout=30, interval=0.1)
-        yield proc, url
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+from tests.peers.servers import gateway_process, wait_for
 
 
 def test_stages_past_the_grace_period_end_with_server_shutdown(

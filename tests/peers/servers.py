@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 
@@ -77,3 +82,40 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> b
         if time.monotonic() > deadline:
             return bool(predicate())
         time.sleep(interval)
+
+
+BIN = str(Path(sys.executable).with_name("stagecast"))
+
+
+@contextmanager
+def gateway_process(
+    config: Path, *, capture: bool = True
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`stagecast serve --config` as a subprocess on a free port, once /healthz answers.
+
+    With ``capture`` its output is a pipe the test must read; otherwise it is discarded.
+    """
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STAGECAST_")}
+    proc = subprocess.Popen(
+        [BIN, "serve", "--config", str(config), "--port", str(port)],
+        stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(url + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        assert wait_for(up, timeout=30, interval=0.1), "stagecast serve did not start"
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

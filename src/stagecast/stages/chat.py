@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 from stagecast.backends.base import ChatCall
 from stagecast.stages.context import StageContext, StageOutcome
 from stagecast.stages.normalise import ChunkNormaliser
+from stagecast.stages.relay import relay
 
 
 async def run_chat(ctx: StageContext) -> StageOutcome:
@@ -19,24 +18,8 @@ async def run_chat(ctx: StageContext) -> StageOutcome:
         stage_id=ctx.stage_id,
     )
     norm = ChunkNormaliser(req.reasoning)
-    ctx.stats.text_parts = norm.text_parts
-    prefix = ctx.prefix("chunk")
-    emit = ctx.emit
+    await relay(ctx, call, norm, "chat_completion_chunk", "chunk")
     stats = ctx.stats
-    # Open from the request on, so a cancel during the first-token wait counts as an abort.
-    stats.upstream_open = True
-    try:
-        async with ctx.router.stream(ctx.role, call) as chunks:
-            async for upstream in chunks:
-                out = norm.process(upstream)
-                if out is None:
-                    continue
-                if stats.first_token_at is None:
-                    stats.first_token_at = time.time()
-                stats.chunks += 1
-                await emit("chat_completion_chunk", prefix + out + b"}")
-    finally:
-        stats.upstream_open = False
     stats.completion_tokens = _completion_tokens(norm.usage, stats.chunks)
     return StageOutcome(
         text=norm.text,

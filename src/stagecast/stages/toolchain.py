@@ -19,6 +19,7 @@ from stagecast.errors import InvalidRequestError, StagecastError
 from stagecast.protocol.requests import StageRequest
 from stagecast.stages.context import StageContext, StageOutcome
 from stagecast.stages.normalise import ChunkNormaliser
+from stagecast.stages.relay import relay
 from stagecast.tools.assembly import AssembledCall, ToolCallAssembler
 from stagecast.tools.execution import ToolOutcome, execute_calls
 from stagecast.tools.registry import ToolRegistry
@@ -153,21 +154,8 @@ class _Toolchain:
         assembler = ToolCallAssembler(self.tools) if assemble else None
         hook = _AssemblyHook(assembler)
         norm = ChunkNormaliser(ctx.request.reasoning, hook=hook)
-        stats.text_parts = norm.text_parts
+        await relay(ctx, call, norm, "tool_completion_chunk", "tool_results")
         emit = ctx.emit
-        stats.upstream_open = True
-        try:
-            async with ctx.router.stream(ctx.role, call) as chunks:
-                async for upstream in chunks:
-                    out = norm.process(upstream)
-                    if out is None:
-                        continue
-                    if stats.first_token_at is None:
-                        stats.first_token_at = time.time()
-                    stats.chunks += 1
-                    await emit("tool_completion_chunk", self.prefix + out + b"}")
-        finally:
-            stats.upstream_open = False
         if assembler is not None and not hook.finished:
             # The stream ended without a finish_reason chunk: release what is held back.
             deltas, text = hook.finish()
