@@ -15,6 +15,7 @@ from starlette.types import ASGIApp
 from stagecast._version import __version__
 from stagecast.api.auth import KeyRing
 from stagecast.api.errors import install_error_handlers
+from stagecast.api.fastpath import StreamFastPath
 from stagecast.api.limits import Limits, MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from stagecast.api.middleware import RequestContext
 from stagecast.api.routes import router as routes
@@ -152,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = _GatewayApp(
         max_body_bytes=settings.limits.max_body_bytes,
+        cors_origins=settings.cors_origins,
         title="stagecast",
         version=__version__,
         summary="A streaming gateway for LLM stages.",
@@ -160,27 +162,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(routes)
     install_ui(app)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-Id"],
-            expose_headers=["X-Stage-Id", "X-Request-Id"],
-        )
     return app
 
 
 class _GatewayApp(FastAPI):
-    """FastAPI with the request-context middleware outermost, outside Starlette's own.
+    """FastAPI behind stagecast's own pure ASGI layers, outermost first:
 
-    Outermost, it sees the server's own ``send``, which streaming responses use for their
-    body (see ``RequestContext``).
+    - ``RequestContext`` (request ids, the body bound); it sees the server's own ``send``,
+      which streaming responses use for their body;
+    - CORS, when origins are configured;
+    - ``StreamFastPath``, which starts streamed stages without the framework's stack;
+    - then Starlette's own middleware and the routes.
     """
 
-    def __init__(self, *, max_body_bytes: int, **kwargs: Any) -> None:
+    def __init__(self, *, max_body_bytes: int, cors_origins: list[str], **kwargs: Any) -> None:
         self._max_body_bytes = max_body_bytes
+        self._cors_origins = cors_origins
         super().__init__(**kwargs)
 
     def build_middleware_stack(self) -> ASGIApp:
-        return RequestContext(super().build_middleware_stack(), max_body_bytes=self._max_body_bytes)
+        app: ASGIApp = StreamFastPath(super().build_middleware_stack(), self)
+        if self._cors_origins:
+            app = CORSMiddleware(
+                app,
+                allow_origins=self._cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-Id"],
+                expose_headers=["X-Stage-Id", "X-Request-Id"],
+            )
+        return RequestContext(app, max_body_bytes=self._max_body_bytes)

@@ -78,13 +78,23 @@ async def _validation(request: Request, exc: Exception) -> Response:
     )
 
 
-async def _stagecast(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StagecastError)
+def stagecast_error_response(exc: StagecastError) -> Response:
+    """The JSON answer for a refusal or failure before streaming began."""
     retry_after = getattr(exc, "retry_after", None)
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return json_response(
         error_body(exc.message, exc.code, retryable=exc.retryable), status_for(exc), headers
     )
+
+
+def internal_error_response() -> Response:
+    """The answer for a bug: the details go to the log, not to the client."""
+    return json_response(error_body("internal error; see the server log", "internal_error"), 500)
+
+
+async def _stagecast(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StagecastError)
+    return stagecast_error_response(exc)
 
 
 async def _http(request: Request, exc: Exception) -> Response:
@@ -95,7 +105,7 @@ async def _http(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error", extra={"path": request.url.path})
-    return json_response(error_body("internal error; see the server log", "internal_error"), 500)
+    return internal_error_response()
 
 
 def install_error_handlers(app: FastAPI) -> None:

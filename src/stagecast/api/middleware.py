@@ -51,7 +51,7 @@ class RequestContext:
                 if buffered is None:
                     await self._too_large(send, rid_header)
                     return
-                receive = _replay(buffered, receive)
+                receive = replay(buffered, receive)
 
             async def send_with_id(message: Message) -> None:
                 if message["type"] == "http.response.start":
@@ -98,7 +98,8 @@ class RequestContext:
         await send({"type": "http.response.body", "body": body})
 
 
-def _replay(messages: list[Message], receive: Receive) -> Receive:
+def replay(messages: list[Message], receive: Receive) -> Receive:
+    """A ``receive`` that hands out ``messages`` again, then reads on from ``receive``."""
     pending = list(messages)
 
     async def replay() -> Message:

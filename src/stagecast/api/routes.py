@@ -62,10 +62,11 @@ def _check_limits(body: StageRequest, limits: LimitsConfig) -> None:
         )
 
 
-async def _admit(request: Request, body: StageRequest, mode: StageMode) -> StageContext:
+async def _admit(
+    state: AppState, authorization: str | None, body: StageRequest, mode: StageMode
+) -> StageContext:
     """Authenticate, validate and admit a new stage (every refusal is a JSON 4xx)."""
-    state = _state(request)
-    principal = _principal(request)
+    principal = state.keys.authenticate(authorization)
     _check_limits(body, state.settings.limits)
     role = state.router.resolve(body.model_container)
     principal.check_role(role)
@@ -80,9 +81,11 @@ def _not_admitted(state: AppState, ctx: StageContext) -> None:
     state.limits.release(ctx.owner)
 
 
-async def _start_stream(request: Request, body: StageRequest, mode: StageMode) -> Response:
-    state = _state(request)
-    ctx = await _admit(request, body, mode)
+async def start_stream(
+    state: AppState, authorization: str | None, body: StageRequest, mode: StageMode
+) -> StageEventStream:
+    """Admit a stage, start its run, and return the response that streams its events."""
+    ctx = await _admit(state, authorization, body, mode)
     try:
         await state.stages.start(ctx)
     except BaseException:
@@ -99,7 +102,7 @@ async def _start_stream(request: Request, body: StageRequest, mode: StageMode) -
 
 async def _complete(request: Request, body: StageRequest, mode: StageMode) -> Response:
     state = _state(request)
-    ctx = await _admit(request, body, mode)
+    ctx = await _admit(state, request.headers.get("authorization"), body, mode)
     headers = {"X-Stage-Id": ctx.stage_id}
     run = asyncio.ensure_future(state.stages.run_inline(ctx))
     left = asyncio.ensure_future(_client_left(request))
@@ -198,7 +201,7 @@ COMPLETION_DOC: dict[int | str, dict[str, Any]] = {
 @router.post("/stream/v1/chat", responses=STREAM_DOC, response_class=Response)
 async def stream_chat(request: Request, body: StageRequest) -> Response:
     """Stream a chat stage as ``chat_completion_chunk`` events, then a terminal event."""
-    return await _start_stream(request, body, "chat")
+    return await start_stream(_state(request), request.headers.get("authorization"), body, "chat")
 
 
 @router.post("/completion/v1/chat", responses=COMPLETION_DOC, response_class=Response)
@@ -210,7 +213,8 @@ async def complete_chat(request: Request, body: StageRequest) -> Response:
 @router.post("/stream/v1/toolchain", responses=STREAM_DOC, response_class=Response)
 async def stream_toolchain(request: Request, body: StageRequest) -> Response:
     """Stream a tool stage: tool-call deltas, ``tool_summary``, synthesis text, terminal event."""
-    return await _start_stream(request, body, "toolchain")
+    state = _state(request)
+    return await start_stream(state, request.headers.get("authorization"), body, "toolchain")
 
 
 @router.post("/completion/v1/toolchain", responses=COMPLETION_DOC, response_class=Response)

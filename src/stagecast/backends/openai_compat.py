@@ -1,7 +1,10 @@
-"""Streaming client for OpenAI-compatible model servers over one pooled aiohttp session.
+"""Streaming client for OpenAI-compatible model servers.
 
-aiohttp rather than httpx: relaying many concurrent streams, httpx's connection pool scanned
-every connection per chunk and cost about ten times the CPU (see DESIGN.md, "Backends").
+Streamed completions go over stagecast's own keep-alive HTTP/1.1 pool (``http1``): the
+response body reaches the SSE splitter on the socket read itself, with no stream object in
+between. (httpx's pool scanned every connection per chunk and cost about ten times the CPU;
+aiohttp's stream reader cost a task switch and a buffer copy per chunk; see DESIGN.md,
+"Backends".) Health probes use aiohttp.
 
 Deadlines cost nothing per chunk: a watchdog timer wakes at the current deadline and, if the
 stream has made progress since, re-arms itself; if not, it fails the pending read with an
@@ -14,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,6 +26,7 @@ import orjson
 import yarl
 
 from stagecast.backends.base import ChatCall, ChunkStream, ProbeResult, UpstreamChunk
+from stagecast.backends.http1 import Connection, ConnectionLost, Pool, request_head
 from stagecast.config import ModelConfig
 from stagecast.errors import (
     UpstreamConnectionError,
@@ -39,13 +43,13 @@ MAX_LINE_BYTES = 2 * 1024 * 1024
 
 
 class _Watchdog:
-    """Fails a pending read when the first-token, idle-gap or total deadline passes."""
+    """Fails the response when the first-token, idle-gap or total deadline passes."""
 
-    __slots__ = ("_handle", "_loop", "_reader", "deadline", "fired", "idle", "phase", "total_at")
+    __slots__ = ("_conn", "_handle", "_loop", "deadline", "fired", "idle", "phase", "total_at")
 
-    def __init__(self, reader: aiohttp.StreamReader, first_token: float, idle: float, total: float):
+    def __init__(self, conn: Connection, first_token: float, idle: float, total: float):
         self._loop = asyncio.get_running_loop()
-        self._reader = reader
+        self._conn = conn
         now = self._loop.time()
         self.total_at = now + total
         self.idle = idle
@@ -74,7 +78,7 @@ class _Watchdog:
         limit = {"first_token": None, "idle": self.idle, "total": None}[phase]
         suffix = f" within {limit:g}s" if limit else " before the deadline"
         self.fired = UpstreamTimeoutError(f"model server timed out: {what}{suffix}", phase=phase)
-        self._reader.set_exception(self.fired)
+        self._conn.fail(self.fired)
 
     def cancel(self) -> None:
         if self._handle is not None:
@@ -91,14 +95,16 @@ class OpenAICompatBackend:
         self.role = role
         self.config = config
         self._base = config.base_url.rstrip("/")
-        # Parsed once: aiohttp would parse a string URL on every request.
         self._url = yarl.URL(self._base + "/chat/completions")
+        self._pool = Pool(self._url)
+        # aiohttp only for the rare GET of a health probe.
         self._session: aiohttp.ClientSession | None = None
         headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
         key = config.api_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
         self._headers = headers
+        self._head = request_head("POST", self._url, self._pool.authority, headers)
 
     @property
     def model_name(self) -> str:
@@ -107,10 +113,7 @@ class OpenAICompatBackend:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout),
-                # aiohttp refuses a line over twice this: the bound on one upstream SSE line.
-                read_bufsize=MAX_LINE_BYTES // 2,
             )
         return self._session
 
@@ -138,11 +141,12 @@ class OpenAICompatBackend:
     @asynccontextmanager
     async def stream(self, call: ChatCall) -> AsyncIterator[ChunkStream]:
         cfg = self.config
-        session = self._client()
         started = time.monotonic()
+        body = self._body(call)
+        head = self._head + b"Content-Length: %d\r\n\r\n" % len(body)
         try:
             async with asyncio.timeout(min(cfg.first_token_timeout, cfg.total_timeout)):
-                resp = await session.post(self._url, data=self._body(call), headers=self._headers)
+                conn = await self._request(head, body)
         except TimeoutError as exc:
             connecting = time.monotonic() - started < cfg.connect_timeout
             phase = "connect" if connecting else "first_token"
@@ -150,32 +154,65 @@ class OpenAICompatBackend:
                 f"model server {self._base} did not answer within {cfg.first_token_timeout:g}s",
                 phase=phase,
             ) from exc
-        except aiohttp.ClientError as exc:
-            raise _map_client_error(exc, self._base) from exc
         reusable = False
         try:
-            if resp.status >= 400:
-                text = await _read_error_body(resp)
+            if conn.status >= 400:
+                text = await _read_error_body(conn)
                 raise UpstreamStatusError(
-                    f"model server answered HTTP {resp.status}: {text[:300]}",
-                    status=resp.status,
+                    f"model server answered HTTP {conn.status}: {text[:300]}",
+                    status=conn.status,
                     body=text,
                 )
             remaining = cfg.total_timeout - (time.monotonic() - started)
-            dog = _Watchdog(resp.content, cfg.first_token_timeout, cfg.idle_timeout, remaining)
-            stream = _ChunkReader(resp, dog, self._base)
+            dog = _Watchdog(conn, cfg.first_token_timeout, cfg.idle_timeout, remaining)
             try:
+                stream = _ChunkReader(conn, dog, self._base)
                 yield stream
                 reusable = stream.finished
             finally:
                 dog.cancel()
         finally:
             if reusable:
-                resp.release()
+                self._pool.release(conn)
             else:
-                # Closing (not releasing) drops the connection: that is how the model server
-                # learns the client left and stops generating.
-                resp.close()
+                # Dropping the connection is how the model server learns the client left
+                # and stops generating.
+                conn.abort()
+
+    async def _request(self, head: bytes, body: bytes) -> Connection:
+        """Send the request and wait for the response head; one retry on a stale connection."""
+        for attempt in (1, 2):
+            try:
+                async with asyncio.timeout(self.config.connect_timeout):
+                    conn = await self._pool.acquire()
+            except TimeoutError:
+                raise UpstreamTimeoutError(
+                    f"could not connect to {self._base}: timed out", phase="connect"
+                ) from None
+            except OSError as exc:
+                raise UpstreamConnectionError(
+                    f"could not connect to model server {self._base}: {exc}"
+                ) from exc
+            try:
+                conn.send(head, body)
+                while not conn.headers_done and conn.error is None:
+                    await conn.wait()
+            except BaseException:
+                conn.abort()
+                raise
+            if conn.headers_done:
+                return conn
+            err = conn.error
+            conn.abort()
+            if (
+                attempt == 1
+                and conn.reused
+                and isinstance(err, ConnectionLost)
+                and err.before_response
+            ):
+                continue  # the server had closed the idle connection: one fresh try
+            raise _failure(err, self._base)
+        raise AssertionError("unreachable")
 
     async def probe(self, timeout: float) -> ProbeResult:
         started = time.monotonic()
@@ -193,57 +230,106 @@ class OpenAICompatBackend:
             return ProbeResult(False, str(_map_client_error(exc, self._base)))
 
     async def aclose(self) -> None:
+        await self._pool.aclose()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
 
-class _ChunkReader:
-    """Async iterator over the parsed chunks of one upstream SSE response.
+# Chunks queued for a consumer that pulls before the socket is paused.
+MAX_QUEUED = 256
 
-    It takes whatever bytes have arrived (one read per network read, not one per line) and
-    splits them into events itself; lines end at LF or CRLF. A line may not grow past
-    MAX_LINE_BYTES, which bounds memory against a server that never sends a newline.
+
+class _ChunkReader:
+    """The parsed chunks of one upstream SSE response.
+
+    The connection hands every piece of body to ``_feed`` as it is read; lines end at LF or
+    CRLF; a line may not grow past MAX_LINE_BYTES. A consumer either pulls chunks
+    (``async for``) or, with ``pump``, has a callback run for each chunk on the read itself,
+    so that the relay costs no task switch per chunk.
     """
 
-    __slots__ = ("_base", "_buf", "_content", "_data", "_dog", "_ready", "finished")
+    __slots__ = (
+        "_base",
+        "_buf",
+        "_conn",
+        "_data",
+        "_dog",
+        "_handler",
+        "_paused",
+        "_ready",
+        "finished",
+    )
 
-    def __init__(self, resp: aiohttp.ClientResponse, dog: _Watchdog, base: str) -> None:
-        self._content = resp.content
+    def __init__(self, conn: Connection, dog: _Watchdog, base: str) -> None:
+        self._conn = conn
         self._dog = dog
         self._base = base
         self._buf = b""
         self._data: list[bytes] = []
         self._ready: deque[UpstreamChunk | None] = deque()
+        self._handler: Callable[[UpstreamChunk], None] | None = None
+        self._paused = False
         self.finished = False
+        early, conn.body = conn.body, []
+        conn.sink = self._feed
+        for piece in early:
+            self._feed(piece)
 
     def __aiter__(self) -> _ChunkReader:
         return self
 
     async def __anext__(self) -> UpstreamChunk:
         ready = self._ready
+        conn = self._conn
         while not ready:
             if self.finished:
                 raise StopAsyncIteration
-            try:
-                piece = await self._content.readany()
-            except UpstreamError:
-                raise
-            except aiohttp.ClientError as exc:
-                raise _map_client_error(exc, self._base, mid_stream=True) from exc
-            if not piece:
-                raise UpstreamConnectionError(
-                    "model server closed the stream before it finished",
-                    code="upstream_disconnected",
-                )
-            self._feed(piece)
+            if conn.error is not None:
+                raise _failure(conn.error, self._base)
+            if conn.complete:
+                raise _closed_early()
+            if self._paused:
+                self._paused = False
+                conn.resume()
+            await conn.wait()
         item = ready.popleft()
         if item is None:
             await self._drain()
             raise StopAsyncIteration
         return item
 
+    async def pump(self, handler: Callable[[UpstreamChunk], None]) -> None:
+        """Run ``handler`` on every chunk as it arrives, until the stream ends.
+
+        ``handler``'s exceptions end the stream and are raised here.
+        """
+        ready = self._ready
+        while ready:
+            item = ready.popleft()
+            if item is None:
+                await self._drain()
+                return
+            handler(item)
+        if self._paused:
+            self._paused = False
+            self._conn.resume()
+        self._handler = handler
+        conn = self._conn
+        try:
+            while not self.finished:
+                if conn.error is not None:
+                    raise _failure(conn.error, self._base)
+                if conn.complete:
+                    raise _closed_early()
+                await conn.wait()
+        finally:
+            self._handler = None
+        await self._drain()
+
     def _feed(self, piece: bytes) -> None:
+        if self.finished:
+            return
         buf = self._buf + piece if self._buf else piece
         start = 0
         while True:
@@ -265,6 +351,11 @@ class _ChunkReader:
             raise UpstreamProtocolError(
                 f"model server sent an over-long line (more than {MAX_LINE_BYTES} bytes)"
             )
+        if self._handler is None and self._ready:
+            if len(self._ready) > MAX_QUEUED and not self._paused:
+                self._paused = True
+                self._conn.pause()
+            self._conn.wake()
 
     def _dispatch(self) -> None:
         data = self._data
@@ -272,7 +363,9 @@ class _ChunkReader:
         self._data = []
         if payload == b"[DONE]":
             self.finished = True
-            self._ready.append(None)
+            if self._handler is None:
+                self._ready.append(None)
+            self._conn.wake()
             return
         try:
             parsed = orjson.loads(payload)
@@ -285,24 +378,55 @@ class _ChunkReader:
         if "error" in parsed and "choices" not in parsed:
             raise _stream_error(parsed["error"])
         self._dog.progress()
-        self._ready.append(UpstreamChunk(parsed, payload))
+        handler = self._handler
+        if handler is None:
+            self._ready.append(UpstreamChunk(parsed, payload))
+        else:
+            handler(UpstreamChunk(parsed, payload))
 
     async def _drain(self) -> None:
-        # Read the end of the body so the pooled connection can be reused.
+        # Wait for the end of the body so the pooled connection can be reused.
+        conn = self._conn
         try:
             async with asyncio.timeout(1.0):
-                while await self._content.readany():
-                    pass
-        except (TimeoutError, aiohttp.ClientError, UpstreamError):
+                while not conn.complete and conn.error is None:
+                    await conn.wait()
+        except TimeoutError:
+            pass
+        if not conn.reusable:
             self.finished = False
 
 
-async def _read_error_body(resp: aiohttp.ClientResponse) -> str:
+def _closed_early() -> UpstreamConnectionError:
+    return UpstreamConnectionError(
+        "model server closed the stream before it finished", code="upstream_disconnected"
+    )
+
+
+def _failure(err: BaseException | None, base: str) -> BaseException:
+    """What a consumer raises for a failed response."""
+    if isinstance(err, ConnectionLost):
+        if err.before_response:
+            return UpstreamConnectionError(
+                f"model server {base} closed the connection without answering: {err}",
+                code="upstream_disconnected",
+            )
+        return UpstreamConnectionError(
+            f"connection to model server {base} was cut: {err}", code="upstream_disconnected"
+        )
+    if err is None:
+        return _closed_early()
+    return err
+
+
+async def _read_error_body(conn: Connection) -> str:
     try:
         async with asyncio.timeout(2.0):
-            raw = await resp.content.read(8192)
-    except (TimeoutError, aiohttp.ClientError):
-        return ""
+            while not conn.complete and conn.error is None:
+                await conn.wait()
+    except TimeoutError:
+        pass
+    raw = b"".join(conn.body)[:8192]
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:

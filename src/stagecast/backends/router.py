@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -195,3 +195,16 @@ class _Prepended:
             self._first = None
             return _Ready(first)
         return self._rest.__anext__()
+
+    async def pump(self, handler: Callable[[UpstreamChunk], None]) -> None:
+        """Run ``handler`` on every chunk, on the read itself where the backend can."""
+        first = self._first
+        if first is not None:
+            self._first = None
+            handler(first)
+        pump = getattr(self._rest, "pump", None)
+        if pump is not None:
+            await pump(handler)
+            return
+        async for chunk in self._rest:
+            handler(chunk)

@@ -83,6 +83,10 @@ class MemoryHub:
         self._logs[stage_id] = _Log(info)
 
     async def append(self, stage_id: str, event: str, data: bytes) -> int:
+        return self.append_nowait(stage_id, event, data)
+
+    def append_nowait(self, stage_id: str, event: str, data: bytes) -> int:
+        """``append`` without a coroutine: the memory hub never waits to append."""
         log = self._logs.get(stage_id)
         if log is None:
             raise StageNotFoundError(f"stage {stage_id!r} is not open")

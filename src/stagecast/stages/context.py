@@ -14,6 +14,7 @@ from stagecast.protocol.requests import StageRequest
 
 StageMode = Literal["chat", "toolchain"]
 Emit = Callable[[str, bytes], Awaitable[object]]
+EmitNow = Callable[[str, bytes], object]
 
 
 @dataclass(slots=True)
@@ -51,6 +52,7 @@ class StageContext:
 
     __slots__ = (
         "emit",
+        "emit_nowait",
         "mode",
         "owner",
         "request",
@@ -79,6 +81,8 @@ class StageContext:
         self.router = router
         self.mode = mode
         self.emit: Emit = emit or _discard
+        # Set when the hub appends without waiting: the relay then emits on the socket read.
+        self.emit_nowait: EmitNow | None = None
         self.stats = StageStats()
         # The stage id as JSON, spliced into every payload without re-encoding it.
         # A copy: orjson's own result keeps a 4 KiB buffer alive for as long as it is held.

@@ -1,10 +1,15 @@
-"""The relay loop shared by every stage mode: one model call, its chunks normalised and emitted."""
+"""The relay loop shared by every stage mode: one model call, its chunks normalised and emitted.
+
+Where both ends allow it (a backend that can push chunks, a hub that appends without
+waiting), each chunk is normalised and appended on the upstream socket read itself: no task
+switch and no coroutine per chunk. Otherwise the chunks are pulled one by one.
+"""
 
 from __future__ import annotations
 
 import time
 
-from stagecast.backends.base import ChatCall
+from stagecast.backends.base import ChatCall, UpstreamChunk
 from stagecast.stages.context import StageContext
 from stagecast.stages.normalise import ChunkNormaliser
 
@@ -17,12 +22,28 @@ async def relay(
     stats.text_parts = norm.text_parts
     prefix = ctx.prefix(field)
     emit = ctx.emit
+    emit_now = ctx.emit_nowait
+    process = norm.process
+
+    def on_chunk(upstream: UpstreamChunk) -> None:
+        out = process(upstream)
+        if out is None:
+            return
+        if stats.first_token_at is None:
+            stats.first_token_at = time.time()
+        stats.chunks += 1
+        emit_now(event, prefix + out + b"}")  # type: ignore[misc]
+
     # Open from the request on, so a cancel during the first-token wait counts as an abort.
     stats.upstream_open = True
     try:
         async with ctx.router.stream(ctx.role, call) as chunks:
+            pump = getattr(chunks, "pump", None)
+            if pump is not None and emit_now is not None:
+                await pump(on_chunk)
+                return
             async for upstream in chunks:
-                out = norm.process(upstream)
+                out = process(upstream)
                 if out is None:
                     continue
                 if stats.first_token_at is None:

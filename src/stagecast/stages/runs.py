@@ -114,6 +114,9 @@ class StageManager:
         stage_id = ctx.stage_id
         # The hub's own append, bound: no wrapper coroutine per event.
         ctx.emit = functools.partial(hub.append, stage_id)
+        append_nowait = getattr(hub, "append_nowait", None)
+        if append_nowait is not None:
+            ctx.emit_nowait = functools.partial(append_nowait, stage_id)
         run = StageRun(ctx)
         self.runs[stage_id] = run
         hub.on_cancel(stage_id, lambda: run.cancel("client"))
