@@ -36,6 +36,10 @@ class ConnectionLost(Exception):
         self.before_response = before_response
 
 
+class MalformedResponse(Exception):
+    """The server's answer is not HTTP/1.x."""
+
+
 class Connection(asyncio.Protocol):
     """One TCP (or TLS) connection and the response now being read on it."""
 
@@ -47,6 +51,7 @@ class Connection(asyncio.Protocol):
         self.status = 0
         self.headers_done = False
         self.complete = False
+        self.keep_alive = False
         self.closed = False
         self.received = False
         self.error: BaseException | None = None
@@ -69,9 +74,7 @@ class Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             if self.error is None:
-                self.error = ConnectionLost(
-                    f"malformed HTTP response: {exc}", before_response=False
-                )
+                self.error = MalformedResponse(f"malformed HTTP response: {exc}")
         if self.error is not None:
             self.abort()
             self.wake()
@@ -111,6 +114,8 @@ class Connection(asyncio.Protocol):
             self.error = exc
 
     def on_message_complete(self) -> None:
+        # Read here: the parser forgets it once the message is over.
+        self.keep_alive = self._parser.should_keep_alive()
         self.complete = True
 
     # for the request's owner
@@ -160,18 +165,13 @@ class Connection(asyncio.Protocol):
     @property
     def reusable(self) -> bool:
         """True when the response was read to its end and the server keeps the connection."""
-        return (
-            self.complete
-            and self.error is None
-            and not self.closed
-            and self._parser.should_keep_alive()
-        )
+        return self.complete and self.error is None and not self.closed and self.keep_alive
 
     def reset(self) -> None:
         """Ready for the next request on this connection."""
         self._parser = httptools.HttpResponseParser(self)
         self.status = 0
-        self.headers_done = self.complete = self.received = False
+        self.headers_done = self.complete = self.received = self.keep_alive = False
         self.sink = None
         self.body = []
         self._body_size = 0

@@ -26,7 +26,13 @@ import orjson
 import yarl
 
 from stagecast.backends.base import ChatCall, ChunkStream, ProbeResult, UpstreamChunk
-from stagecast.backends.http1 import Connection, ConnectionLost, Pool, request_head
+from stagecast.backends.http1 import (
+    Connection,
+    ConnectionLost,
+    MalformedResponse,
+    Pool,
+    request_head,
+)
 from stagecast.config import ModelConfig
 from stagecast.errors import (
     UpstreamConnectionError,
@@ -414,6 +420,8 @@ def _failure(err: BaseException | None, base: str) -> BaseException:
         return UpstreamConnectionError(
             f"connection to model server {base} was cut: {err}", code="upstream_disconnected"
         )
+    if isinstance(err, MalformedResponse):
+        return UpstreamProtocolError(f"model server {base} sent {err}")
     if err is None:
         return _closed_early()
     return err

@@ -1,0 +1,157 @@
+"""The upstream HTTP/1.1 pool against a model server scripted at the socket level."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from stagecast.client import AsyncStagecast
+from tests.conftest import GatewayFactory, no_leaks, role
+from tests.peers.raw_http import (
+    RawServer,
+    chunked_response,
+    raw_server,
+    sized_response,
+    sse_body,
+)
+from tests.test_chat_stream import assert_protocol, collect, text_of
+
+WORDS = ["pooled", " connections", " work"]
+
+
+def serve_forever(server_ref: list[RawServer], response: bytes) -> Any:
+    """A handler answering every request on a connection with ``response``, keeping it open."""
+
+    def handler(index: int, sock: socket.socket) -> None:
+        while server_ref[0].read_request(sock) is not None:
+            sock.sendall(response)
+
+    return handler
+
+
+async def test_sequential_stages_reuse_one_connection(make_gateway: GatewayFactory) -> None:
+    ref: list[RawServer] = []
+    with raw_server(serve_forever(ref, sized_response(sse_body(WORDS)))) as server:
+        ref.append(server)
+        gw = make_gateway(models={"raw": role(server.url)})
+        with no_leaks(gw):
+            async with AsyncStagecast(gw.url) as client:
+                for _ in range(3):
+                    _, events = await collect(client, user_prompt="x")
+                    assert_protocol(events)
+                    assert text_of(events) == "pooled connections work"
+        assert server.requests == 3
+        assert server.connections == 1
+
+
+async def test_a_dropped_idle_connection_is_replaced(make_gateway: GatewayFactory) -> None:
+    """The server closes a kept-alive connection as the next request arrives: one retry."""
+    response = sized_response(sse_body(WORDS))
+
+    def handler(index: int, sock: socket.socket) -> None:
+        if index == 0:
+            assert server.read_request(sock) is not None
+            sock.sendall(response)
+            server.read_request(sock)  # the second request: hang up without an answer
+            return
+        while server.read_request(sock) is not None:
+            sock.sendall(response)
+
+    with raw_server(handler) as server:
+        gw = make_gateway(models={"raw": role(server.url)})
+        with no_leaks(gw):
+            async with AsyncStagecast(gw.url) as client:
+                for _ in range(2):
+                    _, events = await collect(client, user_prompt="x")
+                    assert_protocol(events)
+                    assert events[-1].event == "done", events[-1]
+                    assert text_of(events) == "pooled connections work"
+        assert server.connections == 2
+        assert server.requests == 3
+
+
+async def test_chunked_response_sent_byte_by_byte(make_gateway: GatewayFactory) -> None:
+    response = chunked_response(sse_body(["every", " byte", " alone", " \u00e9t\u00e9"]))
+
+    def handler(index: int, sock: socket.socket) -> None:
+        while server.read_request(sock) is not None:
+            for i in range(len(response)):
+                sock.sendall(response[i : i + 1])
+                if i % 64 == 0:
+                    time.sleep(0.001)
+
+    with raw_server(handler) as server:
+        gw = make_gateway(models={"raw": role(server.url)})
+        with no_leaks(gw):
+            async with AsyncStagecast(gw.url) as client:
+                for _ in range(2):
+                    _, events = await collect(client, user_prompt="x")
+                    assert_protocol(events)
+                    assert text_of(events) == "every byte alone \u00e9t\u00e9"
+        # The chunked body ended cleanly, so its connection was kept for the second stage.
+        assert server.connections == 1
+
+
+async def test_body_ended_by_close_is_not_reused(make_gateway: GatewayFactory) -> None:
+    body = sse_body(WORDS)
+
+    def handler(index: int, sock: socket.socket) -> None:
+        if server.read_request(sock) is not None:
+            head = (
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+            )
+            sock.sendall(head + body)
+        sock.shutdown(socket.SHUT_WR)
+
+    with raw_server(handler) as server:
+        gw = make_gateway(models={"raw": role(server.url)})
+        with no_leaks(gw):
+            async with AsyncStagecast(gw.url) as client:
+                for _ in range(2):
+                    _, events = await collect(client, user_prompt="x")
+                    assert_protocol(events)
+                    assert text_of(events) == "pooled connections work"
+        assert server.connections == 2
+
+
+async def test_an_answer_that_is_not_http_is_an_error_event(
+    make_gateway: GatewayFactory,
+) -> None:
+    def handler(index: int, sock: socket.socket) -> None:
+        if server.read_request(sock) is not None:
+            sock.sendall(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+            time.sleep(0.5)
+
+    with raw_server(handler) as server:
+        gw = make_gateway(models={"raw": role(server.url)})
+        with no_leaks(gw):
+            async with AsyncStagecast(gw.url) as client:
+                _, events = await collect(client, user_prompt="x")
+    assert_protocol(events)
+    error: Any = events[-1].data
+    assert events[-1].event == "error"
+    assert error.code == "upstream_malformed", error
+    assert "malformed HTTP response" in error.error
+
+
+async def test_error_status_body_is_reported(make_gateway: GatewayFactory) -> None:
+    body = b'{"error": {"message": "model is loading"}}'
+    answer = (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+    def handler(index: int, sock: socket.socket) -> None:
+        while server.read_request(sock) is not None:
+            sock.sendall(answer)
+
+    with raw_server(handler) as server:
+        gw = make_gateway(models={"raw": role(server.url)})
+        with no_leaks(gw):
+            async with AsyncStagecast(gw.url) as client:
+                _, events = await collect(client, user_prompt="x")
+    error: Any = events[-1].data
+    assert events[-1].event == "error"
+    assert error.code == "upstream_status"
+    assert "HTTP 503: model is loading" in error.error
