@@ -10,7 +10,7 @@ import socket
 import socketserver
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import orjson
 
@@ -36,10 +36,8 @@ class RawServer:
                     outer.connections += 1
                 sock = self.request
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                try:
+                with suppress(OSError):
                     outer.handler(index, sock)
-                except OSError:
-                    pass
 
         self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Handle)
         self._server.daemon_threads = True
