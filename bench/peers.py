@@ -264,18 +264,14 @@ class Processes:
         proc = self._spawn(
             "mock", [sys.executable, "-m", "bench.mock_upstream"], core=core, stdout_pipe=True
         )
-        stdout = proc.popen.stdout
-        assert stdout is not None
-        deadline = time.monotonic() + 20
-        line = b""
-        while time.monotonic() < deadline and proc.alive():
-            ready, _, _ = select.select([stdout], [], [], 0.2)
-            if ready:
-                line = stdout.readline()
-                break
-        if not line.startswith(b"READY "):
-            raise RuntimeError(f"mock upstream did not start: {line!r}\n{proc.log_tail()}")
-        proc.port = int(line.split()[1])
+        proc.port = _ready_port(proc)
+        return proc
+
+    async def start_floor(self, upstream_port: int, core: int | None) -> Proc:
+        """The bare TCP splice relay to the mock (see ``bench.floor_relay``)."""
+        cmd = [sys.executable, "-m", "bench.floor_relay", "--upstream-port", str(upstream_port)]
+        proc = self._spawn("floor", cmd, core=core, stdout_pipe=True)
+        proc.port = _ready_port(proc)
         return proc
 
     async def start_stagecast(self, upstream: str, core: int | None) -> Proc:
@@ -327,6 +323,22 @@ class Processes:
             self.stop(proc)
             return f"LiteLLM did not start: {exc}"
         return proc, key
+
+
+def _ready_port(proc: Proc) -> int:
+    """The port from a child's ``READY <port>`` line (within 20 s)."""
+    stdout = proc.popen.stdout
+    assert stdout is not None
+    deadline = time.monotonic() + 20
+    line = b""
+    while time.monotonic() < deadline and proc.alive():
+        ready, _, _ = select.select([stdout], [], [], 0.2)
+        if ready:
+            line = stdout.readline()
+            break
+    if not line.startswith(b"READY "):
+        raise RuntimeError(f"{proc.name} did not start: {line!r}\n{proc.log_tail()}")
+    return int(line.split()[1])
 
 
 async def _wait_ready(proc: Proc, path: str, *, timeout: float) -> None:

@@ -582,11 +582,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             Target("direct", HOST, mock.port, "openai", "/v1/chat/completions", "mock"),
             None,
         )
+
+        async def start_floor() -> Bench:
+            proc = await procs.start_floor(mock.port, gateway_core)
+            target = Target("floor", HOST, proc.port, "openai", "/v1/chat/completions", "mock")
+            return Bench("floor", target, proc)
+
         if want_litellm:  # LiteLLM takes seconds to import: start both at once
             sc, got = await asyncio.gather(start_stagecast(), start_litellm())
         else:
             sc, got = await start_stagecast(), None
-        benches = [direct, sc]
+        benches = [direct, await start_floor(), sc]
         if got is not None:
             if isinstance(got, str):
                 runner.notes.append(f"litellm skipped: {got}")
@@ -607,7 +613,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # Memory per idle stream, last, each gateway on a fresh process: in a used one, memory
         # freed by earlier work is reused and hides the cost; and a proxy can stay busy for a
         # minute after thousands of streams close, so nothing is measured after this.
-        starters = {"stagecast": start_stagecast, "litellm": start_litellm}
+        starters = {"floor": start_floor, "stagecast": start_stagecast, "litellm": start_litellm}
         rss = []
         for name, used in [(b.name, b.proc) for b in benches if b.proc is not None]:
             procs.stop(used)

@@ -1,7 +1,7 @@
 """CI smoke of the benchmark harness: every event correct, every metric there. Never speed.
 
-Runs ``python -m bench.runner --smoke`` (a few streams, one round, direct and stagecast) in a
-subprocess, exactly as a person would, and reads the JSON it writes.
+Runs ``python -m bench.runner --smoke`` (a few streams, one round; direct, the floor relay
+and stagecast) in a subprocess, exactly as a person would, and reads the JSON it writes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from bench.report import METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
-TARGETS = ("direct", "stagecast")
+TARGETS = ("direct", "floor", "stagecast")
 
 pytestmark = pytest.mark.timeout(400)
 
