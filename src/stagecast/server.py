@@ -58,6 +58,12 @@ def _unwrap(app: object) -> object:
     return app
 
 
+def _level(name: str) -> int:
+    # uvicorn's own "trace" is below DEBUG; an unknown name counts as INFO.
+    level = logging.getLevelName(name.upper())
+    return level if isinstance(level, int) else 5 if name.lower() == "trace" else logging.INFO
+
+
 def build_config(settings: Settings) -> uvicorn.Config:
     """The uvicorn configuration for ``settings`` (uvloop and httptools when present)."""
     return uvicorn.Config(
@@ -67,6 +73,8 @@ def build_config(settings: Settings) -> uvicorn.Config:
         loop="auto",
         http="auto",
         log_level=settings.log_level,
+        # Access lines are logged at INFO: below that level, do not even format them.
+        access_log=_level(settings.log_level) <= logging.INFO,
         # Our own JSON logging is configured by run_server; uvicorn must not replace it.
         log_config=None,
         timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,

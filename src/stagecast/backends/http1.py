@@ -195,8 +195,8 @@ class Pool:
         self._idle: dict[Connection, None] = {}
         self._open: set[Connection] = set()
 
-    async def acquire(self) -> Connection:
-        """An idle connection, or a new one (connect timeouts are the caller's)."""
+    async def acquire(self, connect_timeout: float) -> Connection:
+        """An idle connection, or a new one within ``connect_timeout`` (TimeoutError)."""
         now = time.monotonic()
         while self._idle:
             conn, _ = self._idle.popitem()
@@ -205,13 +205,14 @@ class Pool:
                 return conn
             conn.abort()
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(
-            lambda: Connection(self),
-            self.host,
-            self.port,
-            ssl=self.ssl,
-            server_hostname=self.host if self.ssl else None,
-        )
+        async with asyncio.timeout(connect_timeout):
+            _, conn = await loop.create_connection(
+                lambda: Connection(self),
+                self.host,
+                self.port,
+                ssl=self.ssl,
+                server_hostname=self.host if self.ssl else None,
+            )
         self._open.add(conn)
         return conn
 

@@ -51,11 +51,22 @@ MAX_LINE_BYTES = 2 * 1024 * 1024
 class _Watchdog:
     """Fails the response when the first-token, idle-gap or total deadline passes."""
 
-    __slots__ = ("_conn", "_handle", "_loop", "deadline", "fired", "idle", "phase", "total_at")
+    __slots__ = (
+        "_conn",
+        "_handle",
+        "_loop",
+        "deadline",
+        "fired",
+        "first_token",
+        "idle",
+        "phase",
+        "total_at",
+    )
 
     def __init__(self, conn: Connection, first_token: float, idle: float, total: float):
         self._loop = asyncio.get_running_loop()
         self._conn = conn
+        self.first_token = first_token
         now = self._loop.time()
         self.total_at = now + total
         self.idle = idle
@@ -81,7 +92,7 @@ class _Watchdog:
             "idle": "no chunk",
             "total": "stream not finished",
         }[phase]
-        limit = {"first_token": None, "idle": self.idle, "total": None}[phase]
+        limit = {"first_token": self.first_token, "idle": self.idle, "total": None}[phase]
         suffix = f" within {limit:g}s" if limit else " before the deadline"
         self.fired = UpstreamTimeoutError(f"model server timed out: {what}{suffix}", phase=phase)
         self._conn.fail(self.fired)
@@ -146,20 +157,9 @@ class OpenAICompatBackend:
 
     @asynccontextmanager
     async def stream(self, call: ChatCall) -> AsyncIterator[ChunkStream]:
-        cfg = self.config
-        started = time.monotonic()
         body = self._body(call)
         head = self._head + b"Content-Length: %d\r\n\r\n" % len(body)
-        try:
-            async with asyncio.timeout(min(cfg.first_token_timeout, cfg.total_timeout)):
-                conn = await self._request(head, body)
-        except TimeoutError as exc:
-            connecting = time.monotonic() - started < cfg.connect_timeout
-            phase = "connect" if connecting else "first_token"
-            raise UpstreamTimeoutError(
-                f"model server {self._base} did not answer within {cfg.first_token_timeout:g}s",
-                phase=phase,
-            ) from exc
+        conn, dog = await self._request(head, body)
         reusable = False
         try:
             if conn.status >= 400:
@@ -169,15 +169,11 @@ class OpenAICompatBackend:
                     status=conn.status,
                     body=text,
                 )
-            remaining = cfg.total_timeout - (time.monotonic() - started)
-            dog = _Watchdog(conn, cfg.first_token_timeout, cfg.idle_timeout, remaining)
-            try:
-                stream = _ChunkReader(conn, dog, self._base)
-                yield stream
-                reusable = stream.finished
-            finally:
-                dog.cancel()
+            stream = _ChunkReader(conn, dog, self._base)
+            yield stream
+            reusable = stream.finished
         finally:
+            dog.cancel()
             if reusable:
                 self._pool.release(conn)
             else:
@@ -185,12 +181,17 @@ class OpenAICompatBackend:
                 # and stops generating.
                 conn.abort()
 
-    async def _request(self, head: bytes, body: bytes) -> Connection:
-        """Send the request and wait for the response head; one retry on a stale connection."""
+    async def _request(self, head: bytes, body: bytes) -> tuple[Connection, _Watchdog]:
+        """Send the request and wait for the response head; one retry on a stale connection.
+
+        From the moment the request is sent, its watchdog holds the first-token and total
+        deadlines (the response head counts as waiting for the first token).
+        """
+        cfg = self.config
+        started = time.monotonic()
         for attempt in (1, 2):
             try:
-                async with asyncio.timeout(self.config.connect_timeout):
-                    conn = await self._pool.acquire()
+                conn = await self._pool.acquire(cfg.connect_timeout)
             except TimeoutError:
                 raise UpstreamTimeoutError(
                     f"could not connect to {self._base}: timed out", phase="connect"
@@ -199,15 +200,19 @@ class OpenAICompatBackend:
                 raise UpstreamConnectionError(
                     f"could not connect to model server {self._base}: {exc}"
                 ) from exc
+            remaining = cfg.total_timeout - (time.monotonic() - started)
+            dog = _Watchdog(conn, cfg.first_token_timeout, cfg.idle_timeout, remaining)
             try:
                 conn.send(head, body)
                 while not conn.headers_done and conn.error is None:
                     await conn.wait()
             except BaseException:
+                dog.cancel()
                 conn.abort()
                 raise
             if conn.headers_done:
-                return conn
+                return conn, dog
+            dog.cancel()
             err = conn.error
             conn.abort()
             if (
@@ -393,6 +398,10 @@ class _ChunkReader:
     async def _drain(self) -> None:
         # Wait for the end of the body so the pooled connection can be reused.
         conn = self._conn
+        if conn.complete or conn.error is not None:
+            if not conn.reusable:
+                self.finished = False
+            return
         try:
             async with asyncio.timeout(1.0):
                 while not conn.complete and conn.error is None:

@@ -147,7 +147,10 @@ class Router:
 @asynccontextmanager
 async def _slot(entry: _Role) -> AsyncIterator[None]:
     try:
-        async with asyncio.timeout(entry.config.queue_timeout):
+        if entry.slots.locked():  # only a wait for a slot needs a deadline
+            async with asyncio.timeout(entry.config.queue_timeout):
+                await entry.slots.acquire()
+        else:
             await entry.slots.acquire()
     except TimeoutError:
         raise RoleBusyError(
