@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import time
+from pathlib import Path
 from typing import Any
 
+import pytest
+import trustme
 from stagecast.client import AsyncStagecast
 from tests.conftest import GatewayFactory, no_leaks, role
 from tests.peers.raw_http import (
@@ -155,3 +159,56 @@ async def test_error_status_body_is_reported(make_gateway: GatewayFactory) -> No
     assert events[-1].event == "error"
     assert error.code == "upstream_status"
     assert "HTTP 503: model is loading" in error.error
+
+
+def tls_handler(ctx: ssl.SSLContext, ref: list[RawServer], response: bytes) -> Any:
+    def handler(index: int, sock: socket.socket) -> None:
+        try:
+            tls = ctx.wrap_socket(sock, server_side=True)
+        except ssl.SSLError:
+            return  # the gateway refused our certificate
+        with tls:
+            while ref[0].read_request(tls) is not None:
+                tls.sendall(response)
+
+    return handler
+
+
+async def test_https_model_server(
+    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    # The gateway trusts what the system trusts; SSL_CERT_FILE adds a private CA.
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    ref: list[RawServer] = []
+    with raw_server(tls_handler(server_ctx, ref, sized_response(sse_body(WORDS)))) as server:
+        ref.append(server)
+        gw = make_gateway(models={"tls": role(server.url.replace("http://", "https://"))})
+        with no_leaks(gw):
+            async with AsyncStagecast(gw.url) as client:
+                for _ in range(2):
+                    _, events = await collect(client, user_prompt="x")
+                    assert_protocol(events)
+                    assert text_of(events) == "pooled connections work"
+        assert server.connections == 1
+
+
+async def test_untrusted_certificate_is_refused(make_gateway: GatewayFactory) -> None:
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(server_ctx)
+    ref: list[RawServer] = []
+    with raw_server(tls_handler(server_ctx, ref, sized_response(sse_body(WORDS)))) as server:
+        ref.append(server)
+        gw = make_gateway(models={"tls": role(server.url.replace("http://", "https://"))})
+        with no_leaks(gw):
+            async with AsyncStagecast(gw.url) as client:
+                _, events = await collect(client, user_prompt="x")
+    error: Any = events[-1].data
+    assert events[-1].event == "error"
+    assert error.code == "upstream_unreachable", error
+    assert "CERTIFICATE_VERIFY_FAILED" in error.error
+    assert server.requests == 0

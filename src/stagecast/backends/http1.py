@@ -220,8 +220,15 @@ class Pool:
         """Back to the pool if it can carry another request; closed otherwise."""
         if conn.reusable:
             conn.reset()
-            conn.idle_since = time.monotonic()
+            now = conn.idle_since = time.monotonic()
             self._idle[conn] = None
+            # The oldest idle connection comes first: close those kept too long.
+            while self._idle:
+                oldest = next(iter(self._idle))
+                if now - oldest.idle_since < KEEPALIVE_S:
+                    break
+                del self._idle[oldest]
+                oldest.abort()
         else:
             conn.abort()
 
