@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trustme
+
 from stagecast.client import AsyncStagecast
 from tests.conftest import GatewayFactory, no_leaks, role
 from tests.peers.raw_http import (
