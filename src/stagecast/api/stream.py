@@ -1,9 +1,9 @@
 """The streaming response: a pure ASGI app that tails a stage's log onto the socket.
 
 No ``BaseHTTPMiddleware`` and no per-chunk framework work: frames are already encoded in the
-hub, several ready frames go out in one write, and a second task only listens for the
-client leaving. When the last reader of a stage leaves and the stage's policy is
-``on_disconnect = "cancel"``, the run is cancelled (on whichever replica owns it).
+hub, several ready frames go out in one write from the request's own task, and a second task
+only listens for the client leaving. When the last reader of a stage leaves and the stage's
+policy is ``on_disconnect = "cancel"``, the run is cancelled (on whichever replica owns it).
 """
 
 from __future__ import annotations
@@ -67,18 +67,31 @@ class StageEventStream(Response):
         await self.hub.attach(self.stage_id)
         if self.metrics is not None:
             self.metrics.active_streams.inc()
-        writer = asyncio.ensure_future(self._write(send))
+        # The body is written by this task; a second one only listens for the client
+        # leaving, and interrupts the writer when it does.
+        this = asyncio.current_task()
+        assert this is not None
+        writing = True
+        left = False
+
+        def on_leave(_: asyncio.Future[None]) -> None:
+            nonlocal left
+            if writing:
+                left = True
+                this.cancel()
+
         watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        watcher.add_done_callback(on_leave)
         outcome = "gone"
         try:
-            await asyncio.wait({writer, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if writer.done() and not writer.cancelled() and writer.exception() is None:
-                outcome = writer.result()
+            outcome = await self._write(send)
+        except asyncio.CancelledError:
+            if not left:
+                raise
+            this.uncancel()
         finally:
-            for task in (writer, watcher):
-                if not task.done():
-                    task.cancel()
-            await asyncio.gather(writer, watcher, return_exceptions=True)
+            writing = False
+            watcher.cancel()
             # Only a client that left counts as leaving: a reader closed for lagging will
             # come back with Last-Event-ID.
             await self._leave(client_left=outcome == "gone")

@@ -43,6 +43,25 @@ class MalformedResponse(Exception):
 class Connection(asyncio.Protocol):
     """One TCP (or TLS) connection and the response now being read on it."""
 
+    __slots__ = (
+        "_body_size",
+        "_parser",
+        "_pool",
+        "_waiter",
+        "body",
+        "closed",
+        "complete",
+        "error",
+        "headers_done",
+        "idle_since",
+        "keep_alive",
+        "received",
+        "reused",
+        "sink",
+        "status",
+        "transport",
+    )
+
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
         self._parser = httptools.HttpResponseParser(self)
@@ -120,10 +139,10 @@ class Connection(asyncio.Protocol):
 
     # for the request's owner
 
-    def send(self, head: bytes, body: bytes) -> None:
-        """Write one request (the head and body go out in one write)."""
+    def send(self, request: bytes) -> None:
+        """Write one whole request."""
         assert self.transport is not None
-        self.transport.write(head + body)
+        self.transport.write(request)
 
     async def wait(self) -> None:
         """Until something happens on the connection: headers, body, the end, or an error."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -158,8 +157,11 @@ class OpenAICompatBackend:
     @asynccontextmanager
     async def stream(self, call: ChatCall) -> AsyncIterator[ChunkStream]:
         body = self._body(call)
-        head = self._head + b"Content-Length: %d\r\n\r\n" % len(body)
-        conn, dog = await self._request(head, body)
+        # One exact-size copy of the whole request: the serialiser's own result carries
+        # kilobytes of spare capacity, held for as long as the stream waits.
+        request = b"%sContent-Length: %d\r\n\r\n%s" % (self._head, len(body), body)
+        del body
+        conn, dog = await self._request(request)
         reusable = False
         try:
             if conn.status >= 400:
@@ -181,7 +183,7 @@ class OpenAICompatBackend:
                 # and stops generating.
                 conn.abort()
 
-    async def _request(self, head: bytes, body: bytes) -> tuple[Connection, _Watchdog]:
+    async def _request(self, request: bytes) -> tuple[Connection, _Watchdog]:
         """Send the request and wait for the response head; one retry on a stale connection.
 
         From the moment the request is sent, its watchdog holds the first-token and total
@@ -203,7 +205,7 @@ class OpenAICompatBackend:
             remaining = cfg.total_timeout - (time.monotonic() - started)
             dog = _Watchdog(conn, cfg.first_token_timeout, cfg.idle_timeout, remaining)
             try:
-                conn.send(head, body)
+                conn.send(request)
                 while not conn.headers_done and conn.error is None:
                     await conn.wait()
             except BaseException:
@@ -278,7 +280,8 @@ class _ChunkReader:
         self._base = base
         self._buf = b""
         self._data: list[bytes] = []
-        self._ready: deque[UpstreamChunk | None] = deque()
+        # Chunks read but not yet pulled (a list: a deque's first block alone is 600 bytes).
+        self._ready: list[UpstreamChunk | None] = []
         self._handler: Callable[[UpstreamChunk], None] | None = None
         self._paused = False
         self.finished = False
@@ -304,7 +307,7 @@ class _ChunkReader:
                 self._paused = False
                 conn.resume()
             await conn.wait()
-        item = ready.popleft()
+        item = ready.pop(0)
         if item is None:
             await self._drain()
             raise StopAsyncIteration
@@ -317,7 +320,7 @@ class _ChunkReader:
         """
         ready = self._ready
         while ready:
-            item = ready.popleft()
+            item = ready.pop(0)
             if item is None:
                 await self._drain()
                 return
