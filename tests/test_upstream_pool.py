@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 import trustme
 
 from stagecast.client import AsyncStagecast
+from stagecast.protocol.sse import SSEDecoder
 from tests.conftest import GatewayFactory, no_leaks, role
 from tests.peers.raw_http import (
     RawServer,
@@ -183,7 +187,7 @@ async def test_https_model_server(
     ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    # The gateway trusts what the system trusts; SSL_CERT_FILE adds a private CA.
+    # The gateway trusts the system's CA bundle; SSL_CERT_FILE points it at another one.
     monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
     ref: list[RawServer] = []
     with raw_server(tls_handler(server_ctx, ref, sized_response(sse_body(WORDS)))) as server:
@@ -213,3 +217,30 @@ async def test_untrusted_certificate_is_refused(make_gateway: GatewayFactory) ->
     assert error.code == "upstream_unreachable", error
     assert "CERTIFICATE_VERIFY_FAILED" in error.error
     assert server.requests == 0
+
+
+async def test_fast_model_and_slow_client_lose_nothing(make_gateway: GatewayFactory) -> None:
+    """The upstream read pauses while the client is far behind, instead of cutting it off."""
+    words = [f" w{i}" for i in range(30_000)]
+    response = sized_response(sse_body(words))
+    ref: list[RawServer] = []
+    with raw_server(serve_forever(ref, response)) as server:
+        ref.append(server)
+        gw = make_gateway(models={"raw": role(server.url)}, max_reader_lag=3_000)
+        with no_leaks(gw):
+            async with httpx.AsyncClient(base_url=gw.url, timeout=60) as http:
+                async with http.stream("POST", "/stream/v1/chat", json={"user_prompt": "x"}) as r:
+                    assert r.status_code == 200
+                    raw = b""
+                    async for piece in r.aiter_raw():
+                        if not raw:
+                            await asyncio.sleep(1.5)  # the model races ahead meanwhile
+                        raw += piece
+    events = [(e.event, e.data) for e in SSEDecoder().feed(raw)]
+    assert events[-1][0] == "done", events[-1]
+    text = "".join(
+        (orjson.loads(d)["chunk"]["choices"] or [{}])[0].get("delta", {}).get("content") or ""
+        for e, d in events
+        if e == "chat_completion_chunk"
+    )
+    assert text == "".join(words)

@@ -57,6 +57,7 @@ class _Watchdog:
         "deadline",
         "fired",
         "first_token",
+        "held",
         "idle",
         "phase",
         "total_at",
@@ -66,6 +67,8 @@ class _Watchdog:
         self._loop = asyncio.get_running_loop()
         self._conn = conn
         self.first_token = first_token
+        # While the stage's readers hold the stream back, silence is not the server's.
+        self.held = False
         now = self._loop.time()
         self.total_at = now + total
         self.idle = idle
@@ -81,6 +84,8 @@ class _Watchdog:
 
     def _check(self) -> None:
         now = self._loop.time()
+        if self.held and self.deadline < self.total_at:
+            self.deadline = min(now + self.idle, self.total_at)
         if now < self.deadline:
             self._handle = self._loop.call_at(self.deadline, self._check)
             return
@@ -312,6 +317,18 @@ class _ChunkReader:
             await self._drain()
             raise StopAsyncIteration
         return item
+
+    def pause(self) -> None:
+        """Stop reading from the model server until ``resume`` (readers are behind)."""
+        self._dog.held = True
+        self._conn.pause()
+
+    def resume(self) -> None:
+        """Read from the model server again."""
+        self._dog.held = False
+        self._dog.progress()
+        if not self._paused:
+            self._conn.resume()
 
     async def pump(self, handler: Callable[[UpstreamChunk], None]) -> None:
         """Run ``handler`` on every chunk as it arrives, until the stream ends.

@@ -199,6 +199,12 @@ class _Prepended:
             return _Ready(first)
         return self._rest.__anext__()
 
+    def flow(self) -> tuple[Callable[[], None], Callable[[], None]] | None:
+        """The stream's (pause, resume) pair, when its backend can hold back reading."""
+        pause = getattr(self._rest, "pause", None)
+        resume = getattr(self._rest, "resume", None)
+        return (pause, resume) if pause is not None and resume is not None else None
+
     async def pump(self, handler: Callable[[UpstreamChunk], None]) -> None:
         """Run ``handler`` on every chunk, on the read itself where the backend can."""
         first = self._first

@@ -23,14 +23,22 @@ from stagecast.protocol.sse import SSEDecoder, encode_frame
 
 # Most frames one write may carry (about 170 KB of typical chunk events).
 MAX_BATCH = 512
+# Producer flow control: a run whose slowest local reader is this many events behind has its
+# upstream paused until that reader is within FLOW_RESUME; checked every FLOW_EVERY appends.
+FLOW_PAUSE = 2_000
+FLOW_RESUME = 500
+FLOW_EVERY = 64
 
 
 class _Log:
     __slots__ = (
         "cancel_callbacks",
+        "flow",
         "frames",
         "info",
         "nbytes",
+        "paused",
+        "positions",
         "readers",
         "terminal",
         "waiters",
@@ -44,6 +52,20 @@ class _Log:
         self.terminal = False
         self.readers = 0
         self.cancel_callbacks: list[Callable[[], None]] = []
+        # Where each local reader is (by reader token), and the producer's pause/resume.
+        self.positions: dict[object, int] = {}
+        self.flow: tuple[Callable[[], None], Callable[[], None]] | None = None
+        self.paused = False
+
+    def backlog(self) -> int:
+        """Events the slowest local reader has yet to write (0 without readers)."""
+        return len(self.frames) - min(self.positions.values()) if self.positions else 0
+
+    def check_resume(self) -> None:
+        if self.paused and self.backlog() <= FLOW_RESUME:
+            self.paused = False
+            if self.flow is not None:
+                self.flow[1]()
 
     def wake(self) -> None:
         waiters, self.waiters = self.waiters, []
@@ -119,7 +141,31 @@ class MemoryHub:
             )
         if log.waiters:
             log.wake()
+        if (
+            not seq % FLOW_EVERY
+            and log.flow is not None
+            and not log.paused
+            and log.backlog() > FLOW_PAUSE
+        ):
+            log.paused = True
+            log.flow[0]()
         return seq
+
+    def set_flow(
+        self,
+        stage_id: str,
+        flow: tuple[Callable[[], None], Callable[[], None]] | None,
+    ) -> None:
+        """Let the hub pause (``flow[0]``) and resume (``flow[1]``) the stage's producer when
+        its local readers fall behind (so a fast model and a slow client do not grow the
+        log without bound); ``None`` ends it."""
+        log = self._logs.get(stage_id)
+        if log is None:
+            return
+        if flow is None and log.paused and log.flow is not None:
+            log.flow[1]()
+        log.paused = False
+        log.flow = flow
 
     def _expire(self, stage_id: str, log: _Log) -> None:
         self._expiry.pop(stage_id, None)
@@ -137,36 +183,48 @@ class MemoryHub:
         # Lag counts only once a reader has caught up: a reader replaying history starts far
         # behind by design, and is not the slow consumer this bound is for.
         caught_up = False
-        while True:
-            frames = log.frames
-            n = len(frames)
-            if pos < n:
-                if caught_up and n - pos > self.max_reader_lag and not log.terminal:
-                    raise ReaderLagError(
-                        f"reader is {n - pos} events behind stage {stage_id!r}; resume from "
-                        f"Last-Event-ID {pos}"
-                    )
-                # Bounded batches keep what one slow socket buffers to a few hundred KB.
-                end = min(n, pos + MAX_BATCH)
-                batch = frames[pos] if end - pos == 1 else b"".join(frames[pos:end])
-                pos = end
-                yield batch
-                continue
-            caught_up = True
-            if log.terminal:
-                return
-            fut: asyncio.Future[None] = loop.create_future()
-            log.waiters.append(fut)
-            if heartbeat is None:
-                await fut
-                continue
-            handle = loop.call_later(heartbeat, _resolve, fut)
-            try:
-                await fut
-            finally:
-                handle.cancel()
-            if len(log.frames) == pos and not log.terminal:
-                yield b""
+        token = object()
+        positions = log.positions
+        positions[token] = pos
+        try:
+            while True:
+                frames = log.frames
+                n = len(frames)
+                if pos < n:
+                    if caught_up and n - pos > self.max_reader_lag and not log.terminal:
+                        raise ReaderLagError(
+                            f"reader is {n - pos} events behind stage {stage_id!r}; resume "
+                            f"from Last-Event-ID {pos}"
+                        )
+                    # Bounded batches keep what one slow socket buffers to a few hundred KB.
+                    end = min(n, pos + MAX_BATCH)
+                    batch = frames[pos] if end - pos == 1 else b"".join(frames[pos:end])
+                    pos = end
+                    yield batch
+                    # Written: the producer may go on if it waited for this reader.
+                    positions[token] = pos
+                    if log.paused:
+                        log.check_resume()
+                    continue
+                caught_up = True
+                if log.terminal:
+                    return
+                fut: asyncio.Future[None] = loop.create_future()
+                log.waiters.append(fut)
+                if heartbeat is None:
+                    await fut
+                    continue
+                handle = loop.call_later(heartbeat, _resolve, fut)
+                try:
+                    await fut
+                finally:
+                    handle.cancel()
+                if len(log.frames) == pos and not log.terminal:
+                    yield b""
+        finally:
+            del positions[token]
+            if log.paused:
+                log.check_resume()
 
     async def info(self, stage_id: str) -> StageInfo | None:
         log = self._logs.get(stage_id)

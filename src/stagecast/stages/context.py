@@ -15,6 +15,7 @@ from stagecast.protocol.requests import StageRequest
 StageMode = Literal["chat", "toolchain"]
 Emit = Callable[[str, bytes], Awaitable[object]]
 EmitNow = Callable[[str, bytes], object]
+SetFlow = Callable[[tuple[Callable[[], None], Callable[[], None]] | None], None]
 
 
 @dataclass(slots=True)
@@ -58,6 +59,7 @@ class StageContext:
         "request",
         "role",
         "router",
+        "set_flow",
         "sid_json",
         "stage_id",
         "stats",
@@ -83,6 +85,8 @@ class StageContext:
         self.emit: Emit = emit or _discard
         # Set when the hub appends without waiting: the relay then emits on the socket read.
         self.emit_nowait: EmitNow | None = None
+        # Set with ``emit_nowait``: hands the hub the producer's (pause, resume) pair.
+        self.set_flow: SetFlow | None = None
         self.stats = StageStats()
         # The stage id as JSON, spliced into every payload without re-encoding it.
         # A copy: orjson's own result keeps a 4 KiB buffer alive for as long as it is held.

@@ -2,7 +2,8 @@
 
 Where both ends allow it (a backend that can push chunks, a hub that appends without
 waiting), each chunk is normalised and appended on the upstream socket read itself: no task
-switch and no coroutine per chunk. Otherwise the chunks are pulled one by one.
+switch and no coroutine per chunk; the hub then pauses the upstream read while the stage's
+readers are far behind. Otherwise the chunks are pulled one by one.
 """
 
 from __future__ import annotations
@@ -40,7 +41,15 @@ async def relay(
         async with ctx.router.stream(ctx.role, call) as chunks:
             pump = getattr(chunks, "pump", None)
             if pump is not None and emit_now is not None:
-                await pump(on_chunk)
+                flow = getattr(chunks, "flow", None)
+                set_flow = ctx.set_flow if flow is not None else None
+                if set_flow is not None:
+                    set_flow(flow())  # type: ignore[misc]
+                try:
+                    await pump(on_chunk)
+                finally:
+                    if set_flow is not None:
+                        set_flow(None)
                 return
             async for upstream in chunks:
                 out = process(upstream)

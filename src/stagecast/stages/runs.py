@@ -117,6 +117,9 @@ class StageManager:
         append_nowait = getattr(hub, "append_nowait", None)
         if append_nowait is not None:
             ctx.emit_nowait = functools.partial(append_nowait, stage_id)
+        set_flow = getattr(hub, "set_flow", None)
+        if set_flow is not None:
+            ctx.set_flow = functools.partial(set_flow, stage_id)
         run = StageRun(ctx)
         self.runs[stage_id] = run
         hub.on_cancel(stage_id, lambda: run.cancel("client"))
