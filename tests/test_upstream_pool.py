@@ -244,3 +244,56 @@ async def test_fast_model_and_slow_client_lose_nothing(make_gateway: GatewayFact
         if e == "chat_completion_chunk"
     )
     assert text == "".join(words)
+
+
+def _dechunk(body: bytes) -> bytes:
+    out = []
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        out.append(rest[:size])
+        body = rest[size + 2 :]
+    return b"".join(out)
+
+
+def _stalled_read(port: int, stall: float) -> bytes:
+    """POST a stage, read nothing for ``stall`` seconds through a small window, then all."""
+    body = b'{"user_prompt": "x"}'
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    sock.connect(("127.0.0.1", port))
+    with sock:
+        sock.sendall(
+            b"POST /stream/v1/chat HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        time.sleep(stall)
+        raw = b""
+        while not raw.endswith(b"0\r\n\r\n"):
+            piece = sock.recv(1 << 20)
+            if not piece:
+                break
+            raw += piece
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    return _dechunk(rest)
+
+
+async def test_a_stalled_client_holds_the_model_back_without_a_timeout(
+    make_gateway: GatewayFactory,
+) -> None:
+    """The socket fills, the upstream is held for seconds, and its idle deadline waits."""
+    words = [f" w{i}" for i in range(30_000)]
+    ref: list[RawServer] = []
+    with raw_server(serve_forever(ref, sized_response(sse_body(words)))) as server:
+        ref.append(server)
+        gw = make_gateway(
+            models={"raw": role(server.url, first_token_timeout=1.0, idle_timeout=0.5)}
+        )
+        with no_leaks(gw):
+            raw = await asyncio.to_thread(_stalled_read, gw.server.port, 2.0)
+    events = [(e.event, e.data) for e in SSEDecoder().feed(raw)]
+    assert events[-1][0] == "done", events[-1]
+    assert sum(1 for e, _ in events if e == "chat_completion_chunk") == len(words) + 2
