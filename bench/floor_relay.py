@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
-import sys
 
-from bench.mock_upstream import raise_nofile_limit
+from bench.mock_upstream import raise_nofile_limit, serve_until_signal
 
 HOST = "127.0.0.1"
 
@@ -95,15 +93,7 @@ async def serve(upstream_port: int) -> None:
     server = await loop.create_server(
         lambda: _Client(upstream_port), HOST, 0, backlog=8192, reuse_address=True
     )
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    sys.stdout.write(f"READY {server.sockets[0].getsockname()[1]}\n")
-    sys.stdout.flush()
-    try:
-        await stop.wait()
-    finally:
-        server.close()
+    await serve_until_signal(server)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -446,6 +446,20 @@ def check_loopback(host: str) -> None:
         raise SystemExit(f"refusing to bind {host}: only loopback addresses are allowed")
 
 
+async def serve_until_signal(server: asyncio.Server) -> None:
+    """Print ``READY <port>``, serve until SIGTERM or SIGINT, then stop listening."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sys.stdout.write(f"READY {server.sockets[0].getsockname()[1]}\n")
+    sys.stdout.flush()
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+
+
 async def serve(host: str, port: int) -> None:
     """Serve until SIGTERM or SIGINT; print ``READY <port>`` once listening."""
     loop = asyncio.get_running_loop()
@@ -453,16 +467,9 @@ async def serve(host: str, port: int) -> None:
     server = await loop.create_server(
         lambda: MockConnection(stats, loop), host, port, backlog=8192, reuse_address=True
     )
-    bound = server.sockets[0].getsockname()[1]
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    sys.stdout.write(f"READY {bound}\n")
-    sys.stdout.flush()
     try:
-        await stop.wait()
+        await serve_until_signal(server)
     finally:
-        server.close()
         for conn in list(stats.connections):
             conn.abort()
 

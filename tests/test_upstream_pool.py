@@ -18,6 +18,7 @@ from stagecast.client import AsyncStagecast
 from stagecast.protocol.sse import SSEDecoder
 from tests.conftest import GatewayFactory, no_leaks, role
 from tests.peers.raw_http import (
+    Handler,
     RawServer,
     chunked_response,
     raw_server,
@@ -29,27 +30,33 @@ from tests.test_chat_stream import assert_protocol, collect, text_of
 WORDS = ["pooled", " connections", " work"]
 
 
-def serve_forever(server_ref: list[RawServer], response: bytes) -> Any:
+def serve_forever(response: bytes) -> Handler:
     """A handler answering every request on a connection with ``response``, keeping it open."""
 
-    def handler(index: int, sock: socket.socket) -> None:
-        while server_ref[0].read_request(sock) is not None:
+    def handler(server: RawServer, index: int, sock: socket.socket) -> None:
+        while server.read_request(sock) is not None:
             sock.sendall(response)
 
     return handler
 
 
+async def stages(make_gateway: GatewayFactory, base_url: str, n: int = 1) -> list[Any]:
+    """The events of ``n`` stages run one after another on a role served at ``base_url``."""
+    gw = make_gateway(models={"raw": role(base_url)})
+    runs = []
+    with no_leaks(gw):
+        async with AsyncStagecast(gw.url) as client:
+            for _ in range(n):
+                _, events = await collect(client, user_prompt="x")
+                runs.append(events)
+    return runs
+
+
 async def test_sequential_stages_reuse_one_connection(make_gateway: GatewayFactory) -> None:
-    ref: list[RawServer] = []
-    with raw_server(serve_forever(ref, sized_response(sse_body(WORDS)))) as server:
-        ref.append(server)
-        gw = make_gateway(models={"raw": role(server.url)})
-        with no_leaks(gw):
-            async with AsyncStagecast(gw.url) as client:
-                for _ in range(3):
-                    _, events = await collect(client, user_prompt="x")
-                    assert_protocol(events)
-                    assert text_of(events) == "pooled connections work"
+    with raw_server(serve_forever(sized_response(sse_body(WORDS)))) as server:
+        for events in await stages(make_gateway, server.url, 3):
+            assert_protocol(events)
+            assert text_of(events) == "pooled connections work"
         assert server.requests == 3
         assert server.connections == 1
 
@@ -58,7 +65,7 @@ async def test_a_dropped_idle_connection_is_replaced(make_gateway: GatewayFactor
     """The server closes a kept-alive connection as the next request arrives: one retry."""
     response = sized_response(sse_body(WORDS))
 
-    def handler(index: int, sock: socket.socket) -> None:
+    def handler(server: RawServer, index: int, sock: socket.socket) -> None:
         if index == 0:
             assert server.read_request(sock) is not None
             sock.sendall(response)
@@ -68,14 +75,10 @@ async def test_a_dropped_idle_connection_is_replaced(make_gateway: GatewayFactor
             sock.sendall(response)
 
     with raw_server(handler) as server:
-        gw = make_gateway(models={"raw": role(server.url)})
-        with no_leaks(gw):
-            async with AsyncStagecast(gw.url) as client:
-                for _ in range(2):
-                    _, events = await collect(client, user_prompt="x")
-                    assert_protocol(events)
-                    assert events[-1].event == "done", events[-1]
-                    assert text_of(events) == "pooled connections work"
+        for events in await stages(make_gateway, server.url, 2):
+            assert_protocol(events)
+            assert events[-1].event == "done", events[-1]
+            assert text_of(events) == "pooled connections work"
         assert server.connections == 2
         assert server.requests == 3
 
@@ -83,7 +86,7 @@ async def test_a_dropped_idle_connection_is_replaced(make_gateway: GatewayFactor
 async def test_chunked_response_sent_byte_by_byte(make_gateway: GatewayFactory) -> None:
     response = chunked_response(sse_body(["every", " byte", " alone", " \u00e9t\u00e9"]))
 
-    def handler(index: int, sock: socket.socket) -> None:
+    def handler(server: RawServer, index: int, sock: socket.socket) -> None:
         while server.read_request(sock) is not None:
             for i in range(len(response)):
                 sock.sendall(response[i : i + 1])
@@ -91,13 +94,9 @@ async def test_chunked_response_sent_byte_by_byte(make_gateway: GatewayFactory) 
                     time.sleep(0.001)
 
     with raw_server(handler) as server:
-        gw = make_gateway(models={"raw": role(server.url)})
-        with no_leaks(gw):
-            async with AsyncStagecast(gw.url) as client:
-                for _ in range(2):
-                    _, events = await collect(client, user_prompt="x")
-                    assert_protocol(events)
-                    assert text_of(events) == "every byte alone \u00e9t\u00e9"
+        for events in await stages(make_gateway, server.url, 2):
+            assert_protocol(events)
+            assert text_of(events) == "every byte alone \u00e9t\u00e9"
         # The chunked body ended cleanly, so its connection was kept for the second stage.
         assert server.connections == 1
 
@@ -105,7 +104,7 @@ async def test_chunked_response_sent_byte_by_byte(make_gateway: GatewayFactory) 
 async def test_body_ended_by_close_is_not_reused(make_gateway: GatewayFactory) -> None:
     body = sse_body(WORDS)
 
-    def handler(index: int, sock: socket.socket) -> None:
+    def handler(server: RawServer, index: int, sock: socket.socket) -> None:
         if server.read_request(sock) is not None:
             head = (
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
@@ -114,29 +113,22 @@ async def test_body_ended_by_close_is_not_reused(make_gateway: GatewayFactory) -
         sock.shutdown(socket.SHUT_WR)
 
     with raw_server(handler) as server:
-        gw = make_gateway(models={"raw": role(server.url)})
-        with no_leaks(gw):
-            async with AsyncStagecast(gw.url) as client:
-                for _ in range(2):
-                    _, events = await collect(client, user_prompt="x")
-                    assert_protocol(events)
-                    assert text_of(events) == "pooled connections work"
+        for events in await stages(make_gateway, server.url, 2):
+            assert_protocol(events)
+            assert text_of(events) == "pooled connections work"
         assert server.connections == 2
 
 
 async def test_an_answer_that_is_not_http_is_an_error_event(
     make_gateway: GatewayFactory,
 ) -> None:
-    def handler(index: int, sock: socket.socket) -> None:
+    def handler(server: RawServer, index: int, sock: socket.socket) -> None:
         if server.read_request(sock) is not None:
             sock.sendall(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
             time.sleep(0.5)
 
     with raw_server(handler) as server:
-        gw = make_gateway(models={"raw": role(server.url)})
-        with no_leaks(gw):
-            async with AsyncStagecast(gw.url) as client:
-                _, events = await collect(client, user_prompt="x")
+        (events,) = await stages(make_gateway, server.url)
     assert_protocol(events)
     error: Any = events[-1].data
     assert events[-1].event == "error"
@@ -151,29 +143,26 @@ async def test_error_status_body_is_reported(make_gateway: GatewayFactory) -> No
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
     )
 
-    def handler(index: int, sock: socket.socket) -> None:
+    def handler(server: RawServer, index: int, sock: socket.socket) -> None:
         while server.read_request(sock) is not None:
             sock.sendall(answer)
 
     with raw_server(handler) as server:
-        gw = make_gateway(models={"raw": role(server.url)})
-        with no_leaks(gw):
-            async with AsyncStagecast(gw.url) as client:
-                _, events = await collect(client, user_prompt="x")
+        (events,) = await stages(make_gateway, server.url)
     error: Any = events[-1].data
     assert events[-1].event == "error"
     assert error.code == "upstream_status"
     assert "HTTP 503: model is loading" in error.error
 
 
-def tls_handler(ctx: ssl.SSLContext, ref: list[RawServer], response: bytes) -> Any:
-    def handler(index: int, sock: socket.socket) -> None:
+def tls_handler(ctx: ssl.SSLContext, response: bytes) -> Handler:
+    def handler(server: RawServer, index: int, sock: socket.socket) -> None:
         try:
             tls = ctx.wrap_socket(sock, server_side=True)
         except ssl.SSLError:
             return  # the gateway refused our certificate
         with tls:
-            while ref[0].read_request(tls) is not None:
+            while server.read_request(tls) is not None:
                 tls.sendall(response)
 
     return handler
@@ -189,29 +178,18 @@ async def test_https_model_server(
     ca.cert_pem.write_to_path(str(ca_file))
     # The gateway trusts the system's CA bundle; SSL_CERT_FILE points it at another one.
     monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
-    ref: list[RawServer] = []
-    with raw_server(tls_handler(server_ctx, ref, sized_response(sse_body(WORDS)))) as server:
-        ref.append(server)
-        gw = make_gateway(models={"tls": role(server.url.replace("http://", "https://"))})
-        with no_leaks(gw):
-            async with AsyncStagecast(gw.url) as client:
-                for _ in range(2):
-                    _, events = await collect(client, user_prompt="x")
-                    assert_protocol(events)
-                    assert text_of(events) == "pooled connections work"
+    with raw_server(tls_handler(server_ctx, sized_response(sse_body(WORDS)))) as server:
+        for events in await stages(make_gateway, server.url.replace("http://", "https://"), 2):
+            assert_protocol(events)
+            assert text_of(events) == "pooled connections work"
         assert server.connections == 1
 
 
 async def test_untrusted_certificate_is_refused(make_gateway: GatewayFactory) -> None:
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     trustme.CA().issue_cert("127.0.0.1").configure_cert(server_ctx)
-    ref: list[RawServer] = []
-    with raw_server(tls_handler(server_ctx, ref, sized_response(sse_body(WORDS)))) as server:
-        ref.append(server)
-        gw = make_gateway(models={"tls": role(server.url.replace("http://", "https://"))})
-        with no_leaks(gw):
-            async with AsyncStagecast(gw.url) as client:
-                _, events = await collect(client, user_prompt="x")
+    with raw_server(tls_handler(server_ctx, sized_response(sse_body(WORDS)))) as server:
+        (events,) = await stages(make_gateway, server.url.replace("http://", "https://"))
     error: Any = events[-1].data
     assert events[-1].event == "error"
     assert error.code == "upstream_unreachable", error
@@ -223,9 +201,7 @@ async def test_fast_model_and_slow_client_lose_nothing(make_gateway: GatewayFact
     """The upstream read pauses while the client is far behind, instead of cutting it off."""
     words = [f" w{i}" for i in range(30_000)]
     response = sized_response(sse_body(words))
-    ref: list[RawServer] = []
-    with raw_server(serve_forever(ref, response)) as server:
-        ref.append(server)
+    with raw_server(serve_forever(response)) as server:
         gw = make_gateway(models={"raw": role(server.url)}, max_reader_lag=3_000)
         with no_leaks(gw):
             async with httpx.AsyncClient(base_url=gw.url, timeout=60) as http:
@@ -286,9 +262,7 @@ async def test_a_stalled_client_holds_the_model_back_without_a_timeout(
 ) -> None:
     """The socket fills, the upstream is held for seconds, and its idle deadline waits."""
     words = [f" w{i}" for i in range(30_000)]
-    ref: list[RawServer] = []
-    with raw_server(serve_forever(ref, sized_response(sse_body(words)))) as server:
-        ref.append(server)
+    with raw_server(serve_forever(sized_response(sse_body(words)))) as server:
         gw = make_gateway(
             models={"raw": role(server.url, first_token_timeout=1.0, idle_timeout=0.5)}
         )

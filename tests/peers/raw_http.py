@@ -16,11 +16,11 @@ import orjson
 
 from tests.peers.fake_upstream import chunk
 
-Handler = Callable[[int, socket.socket], None]
+Handler = Callable[["RawServer", int, socket.socket], None]
 
 
 class RawServer:
-    """Counts connections and requests; ``handler(index, sock)`` runs each connection."""
+    """Counts connections and requests; ``handler(server, index, sock)`` runs each connection."""
 
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
@@ -37,7 +37,7 @@ class RawServer:
                 sock = self.request
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 with suppress(OSError):
-                    outer.handler(index, sock)
+                    outer.handler(outer, index, sock)
 
         self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Handle)
         self._server.daemon_threads = True

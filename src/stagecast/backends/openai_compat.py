@@ -14,6 +14,7 @@ stream has made progress since, re-arms itself; if not, it fails the pending rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -304,10 +305,7 @@ class _ChunkReader:
         while not ready:
             if self.finished:
                 raise StopAsyncIteration
-            if conn.error is not None:
-                raise _failure(conn.error, self._base)
-            if conn.complete:
-                raise _closed_early()
+            self._raise_if_cut()
             if self._paused:
                 self._paused = False
                 conn.resume()
@@ -317,6 +315,14 @@ class _ChunkReader:
             await self._drain()
             raise StopAsyncIteration
         return item
+
+    def _raise_if_cut(self) -> None:
+        """Raise if the response failed, or ended without ``[DONE]``."""
+        conn = self._conn
+        if conn.error is not None:
+            raise _failure(conn.error, self._base)
+        if conn.complete:
+            raise _closed_early()
 
     def pause(self) -> None:
         """Stop reading from the model server until ``resume`` (readers are behind)."""
@@ -349,10 +355,7 @@ class _ChunkReader:
         conn = self._conn
         try:
             while not self.finished:
-                if conn.error is not None:
-                    raise _failure(conn.error, self._base)
-                if conn.complete:
-                    raise _closed_early()
+                self._raise_if_cut()
                 await conn.wait()
         finally:
             self._handler = None
@@ -418,16 +421,11 @@ class _ChunkReader:
     async def _drain(self) -> None:
         # Wait for the end of the body so the pooled connection can be reused.
         conn = self._conn
-        if conn.complete or conn.error is not None:
-            if not conn.reusable:
-                self.finished = False
-            return
-        try:
-            async with asyncio.timeout(1.0):
-                while not conn.complete and conn.error is None:
-                    await conn.wait()
-        except TimeoutError:
-            pass
+        if not conn.complete and conn.error is None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    while not conn.complete and conn.error is None:
+                        await conn.wait()
         if not conn.reusable:
             self.finished = False
 

@@ -26,14 +26,20 @@ async def relay(
     emit_now = ctx.emit_nowait
     process = norm.process
 
-    def on_chunk(upstream: UpstreamChunk) -> None:
+    def payload(upstream: UpstreamChunk) -> bytes | None:
+        """The event payload for one upstream chunk (None: nothing of it is relayed)."""
         out = process(upstream)
         if out is None:
-            return
+            return None
         if stats.first_token_at is None:
             stats.first_token_at = time.time()
         stats.chunks += 1
-        emit_now(event, prefix + out + b"}")  # type: ignore[misc]
+        return prefix + out + b"}"
+
+    def on_chunk(upstream: UpstreamChunk) -> None:
+        data = payload(upstream)
+        if data is not None:
+            emit_now(event, data)  # type: ignore[misc]
 
     # Open from the request on, so a cancel during the first-token wait counts as an abort.
     stats.upstream_open = True
@@ -52,12 +58,8 @@ async def relay(
                         set_flow(None)
                 return
             async for upstream in chunks:
-                out = process(upstream)
-                if out is None:
-                    continue
-                if stats.first_token_at is None:
-                    stats.first_token_at = time.time()
-                stats.chunks += 1
-                await emit(event, prefix + out + b"}")
+                data = payload(upstream)
+                if data is not None:
+                    await emit(event, data)
     finally:
         stats.upstream_open = False

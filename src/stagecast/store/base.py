@@ -199,6 +199,19 @@ COLUMNS: tuple[str, ...] = (
     "ttft_ms",
     "duration_ms",
 )
+# The statements both stores run; only the drivers' parameter placeholders differ.
+SELECT_RECORDS = f"SELECT {', '.join(COLUMNS)} FROM stage_records"
+
+
+def upsert_records_sql(placeholders: list[str]) -> str:
+    """Insert one record, or replace the record of its ``stage_id``."""
+    return (
+        f"INSERT INTO stage_records ({', '.join(COLUMNS)}) VALUES ({', '.join(placeholders)})"
+        " ON CONFLICT (stage_id) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "stage_id")
+    )
+
+
 JSON_COLUMNS: frozenset[str] = frozenset(
     ("request", "tool_calls", "tool_results", "usage", "error")
 )

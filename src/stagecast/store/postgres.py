@@ -18,6 +18,7 @@ import asyncpg
 from stagecast.errors import ConfigError
 from stagecast.store.base import (
     COLUMNS,
+    SELECT_RECORDS,
     StageRecord,
     StoreDataError,
     StoreError,
@@ -28,6 +29,7 @@ from stagecast.store.base import (
     json_columns,
     record_from_row,
     scrub_text,
+    upsert_records_sql,
 )
 from stagecast.store.migrations import (
     MIGRATION_LOCK_KEY,
@@ -40,13 +42,8 @@ from stagecast.store.migrations import (
 
 log = logging.getLogger(__name__)
 
-_SELECT = f"SELECT {', '.join(COLUMNS)} FROM stage_records"
-_UPSERT = (
-    f"INSERT INTO stage_records ({', '.join(COLUMNS)})"
-    f" VALUES ({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 1))})"
-    " ON CONFLICT (stage_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "stage_id")
-)
+_SELECT = SELECT_RECORDS
+_UPSERT = upsert_records_sql([f"${i}" for i in range(1, len(COLUMNS) + 1)])
 
 
 def _row(record: StageRecord) -> tuple[object, ...]:

@@ -20,6 +20,7 @@ import aiosqlite
 
 from stagecast.store.base import (
     COLUMNS,
+    SELECT_RECORDS,
     StageRecord,
     StoreDataError,
     StoreError,
@@ -30,6 +31,7 @@ from stagecast.store.base import (
     json_columns,
     record_from_row,
     scrub_text,
+    upsert_records_sql,
     utc,
 )
 from stagecast.store.migrations import (
@@ -42,13 +44,8 @@ from stagecast.store.migrations import (
 
 log = logging.getLogger(__name__)
 
-_SELECT = f"SELECT {', '.join(COLUMNS)} FROM stage_records"
-_UPSERT = (
-    f"INSERT INTO stage_records ({', '.join(COLUMNS)})"
-    f" VALUES ({', '.join('?' for _ in COLUMNS)})"
-    " ON CONFLICT (stage_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "stage_id")
-)
+_SELECT = SELECT_RECORDS
+_UPSERT = upsert_records_sql(["?"] * len(COLUMNS))
 
 
 def sqlite_time(value: datetime) -> str:
