@@ -205,15 +205,20 @@ class _Prepended:
         resume = getattr(self._rest, "resume", None)
         return (pause, resume) if pause is not None and resume is not None else None
 
-    async def pump(self, handler: Callable[[UpstreamChunk], None]) -> None:
-        """Run ``handler`` on every chunk, on the read itself where the backend can."""
+    async def pump(
+        self,
+        handler: Callable[[UpstreamChunk], None],
+        splice: Callable[[bytes], bool] | None = None,
+    ) -> None:
+        """Run ``handler`` on every chunk, on the read itself where the backend can (and
+        offer each chunk's bytes to ``splice`` first, where the backend reads bytes)."""
         first = self._first
         if first is not None:
             self._first = None
             handler(first)
         pump = getattr(self._rest, "pump", None)
         if pump is not None:
-            await pump(handler)
+            await pump(handler, splice)
             return
         async for chunk in self._rest:
             handler(chunk)

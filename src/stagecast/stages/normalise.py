@@ -2,10 +2,16 @@
 
 The common chunk (plain content, nothing to fix) is not re-serialised: its upstream bytes go
 into the event as they came. Only chunks that need a change are rebuilt.
+
+Most chunks of a stream differ only in their content text. Once a chunk of that shape has
+been parsed and passed unchanged, its bytes before and after the text become the stream's
+template; a later chunk made of that same head and tail around a plain string (no escape, no
+control character, no ``<``) is relayed without being parsed at all (``splice``).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -21,6 +27,9 @@ ReasoningMode = Literal["separate", "inline", "hidden"]
 DeltaHook = Callable[[dict[str, Any], dict[str, Any]], bool]
 
 _REQUIRED = ("id", "object", "created", "model", "choices")
+# What a JSON string may not hold to be spliced: escapes, quotes, control characters, and the
+# ``<`` that may open a reasoning tag.
+_NOT_PLAIN = re.compile(rb'[\x00-\x1f"\\<]')
 
 
 class ChunkNormaliser:
@@ -28,10 +37,12 @@ class ChunkNormaliser:
 
     __slots__ = (
         "_created",
+        "_head",
         "_id",
         "_inline_open",
         "_model",
         "_splitter",
+        "_tail",
         "finish_reason",
         "hook",
         "mode",
@@ -50,6 +61,9 @@ class ChunkNormaliser:
         self._model = model
         self._created = int(time.time())
         self._inline_open = False
+        # The splice template: the bytes before and after the content text (see splice).
+        self._head = b""
+        self._tail = b""
         self.text_parts: list[str] = []
         self.reasoning_parts: list[str] = []
         self.usage: dict[str, Any] | None = None
@@ -64,6 +78,21 @@ class ChunkNormaliser:
     def reasoning(self) -> str:
         """The reasoning so far."""
         return "".join(self.reasoning_parts)
+
+    def splice(self, raw: bytes) -> bytes | None:
+        """``raw`` itself if it is the template around a new plain text (the text is taken
+        into the answer), else None: then the chunk must go through ``process``."""
+        head = self._head
+        if not head or not raw.startswith(head) or not raw.endswith(self._tail):
+            return None
+        text = raw[len(head) : len(raw) - len(self._tail)]
+        if not text or _NOT_PLAIN.search(text) is not None or not self._splitter.idle():
+            return None
+        try:
+            self.text_parts.append(text.decode())
+        except UnicodeDecodeError:
+            return None
+        return raw
 
     def process(self, chunk: UpstreamChunk) -> bytes | None:
         """Normalise one chunk; returns the JSON to relay, or None if nothing is left of it."""
@@ -89,11 +118,43 @@ class ChunkNormaliser:
             if self._choice(choice):
                 changed = True
         if not changed:
+            if len(choices) == 1 and not usage and chunk.raw is not None:
+                self._learn(chunk.raw, data, choices[0])
             return chunk.raw
         if len(choices) == 1 and not usage and _empty(choices[0]):
             # Everything in it was held back or moved (a partial tag, a tool call in text).
             return None
         return orjson.dumps(data)
+
+    def _learn(self, raw: bytes, data: dict[str, Any], choice: dict[str, Any]) -> None:
+        """Take ``raw`` (relayed unchanged) as the splice template if it is a plain text
+        chunk whose text occurs once in it."""
+        if self.hook is not None or self._inline_open or not self._splitter.idle():
+            return
+        if self._head and raw.startswith(self._head) and raw.endswith(self._tail):
+            return  # the template already fits
+        delta = choice["delta"]
+        text = delta.get("content")
+        if len(delta) != 1 or not isinstance(text, str) or not text or choice.get("finish_reason"):
+            return
+        quoted = orjson.dumps(text)
+        if _NOT_PLAIN.search(quoted, 1, len(quoted) - 1) is not None or raw.count(quoted) != 1:
+            return
+        at = raw.index(quoted) + 1
+        head, tail = raw[:at], raw[at + len(quoted) - 2 :]
+        # Proof that the text found is the content: the template around another text parses
+        # to this chunk with that text.
+        probe = "stagecast-template-probe"
+        try:
+            parsed = orjson.loads(head + probe.encode() + tail)
+        except orjson.JSONDecodeError:
+            return
+        delta["content"] = probe
+        try:
+            if parsed == data:
+                self._head, self._tail = head, tail
+        finally:
+            delta["content"] = text
 
     def _fill(self, data: dict[str, Any], key: str) -> None:
         if key == "id":

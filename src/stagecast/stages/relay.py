@@ -2,8 +2,9 @@
 
 Where both ends allow it (a backend that can push chunks, a hub that appends without
 waiting), each chunk is normalised and appended on the upstream socket read itself: no task
-switch and no coroutine per chunk; the hub then pauses the upstream read while the stage's
-readers are far behind. Otherwise the chunks are pulled one by one.
+switch and no coroutine per chunk; a chunk that fits the stream's template is not even parsed
+(``ChunkNormaliser.splice``). The hub then pauses the upstream read while the stage's readers
+are far behind. Otherwise the chunks are pulled one by one.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ async def relay(
     emit = ctx.emit
     emit_now = ctx.emit_nowait
     process = norm.process
+    splice = norm.splice
 
     def payload(upstream: UpstreamChunk) -> bytes | None:
         """The event payload for one upstream chunk (None: nothing of it is relayed)."""
@@ -41,6 +43,17 @@ async def relay(
         if data is not None:
             emit_now(event, data)  # type: ignore[misc]
 
+    def on_bytes(raw: bytes) -> bool:
+        """Relay a chunk that fits the stream's template without parsing it."""
+        out = splice(raw)
+        if out is None:
+            return False
+        if stats.first_token_at is None:
+            stats.first_token_at = time.time()
+        stats.chunks += 1
+        emit_now(event, prefix + out + b"}")  # type: ignore[misc]
+        return True
+
     # Open from the request on, so a cancel during the first-token wait counts as an abort.
     stats.upstream_open = True
     try:
@@ -52,7 +65,7 @@ async def relay(
                 if set_flow is not None:
                     set_flow(flow())  # type: ignore[misc]
                 try:
-                    await pump(on_chunk)
+                    await pump(on_chunk, on_bytes)
                 finally:
                     if set_flow is not None:
                         set_flow(None)

@@ -1,0 +1,166 @@
+"""The relay's unparsed path (``ChunkNormaliser.splice``) relays exactly what parsing would.
+
+Streams of upstream chunks, written as different model servers write them (key order,
+spacing, ASCII escapes, changing ``created``, reasoning tags, role and finish chunks, usage),
+go through two normalisers: one parses every chunk, the other first offers each chunk's bytes
+to ``splice``. Every relayed payload, and the answer, reasoning, finish reason and usage they
+end with, must be the same; and on the common shape the splice must actually be taken.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stagecast.backends.base import UpstreamChunk
+from stagecast.stages.normalise import ChunkNormaliser, ReasoningMode
+
+TEXTS = st.one_of(
+    st.sampled_from(["Hello", " world", ".", "", "<", "<think>", "hm</think>", "a\nb", 'say "hi"']),
+    st.text(max_size=12),
+    st.text(alphabet="abc <>/\\\"\n\u00e9\u4e2d\U0001f600", max_size=8),
+)
+
+
+@st.composite
+def chunks(draw: st.DrawFn) -> dict[str, Any]:
+    """One upstream chunk (as a dict), mostly plain content, sometimes something else."""
+    kind = draw(
+        st.sampled_from(["text"] * 6 + ["role", "finish", "usage", "reasoning", "empty"])
+    )
+    delta: dict[str, Any] = {}
+    choice: dict[str, Any] = {"index": 0, "delta": delta}
+    if kind == "text":
+        delta["content"] = draw(TEXTS)
+    elif kind == "role":
+        delta.update(role="assistant", content="")
+    elif kind == "reasoning":
+        delta["reasoning_content"] = draw(TEXTS)
+    if draw(st.booleans()):
+        choice["logprobs"] = None
+    choice["finish_reason"] = "stop" if kind == "finish" else None
+    chunk: dict[str, Any] = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": draw(st.sampled_from([1700000000, 1700000001])),
+        "model": "m",
+        "choices": [] if kind == "usage" else [choice],
+    }
+    if kind == "usage":
+        chunk["usage"] = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+    return chunk
+
+
+def encode(chunk: dict[str, Any], style: str) -> bytes:
+    """The chunk's bytes as one kind of model server writes them."""
+    if style == "compact":
+        return orjson.dumps(chunk)
+    if style == "python":  # json.dumps defaults: spaces after separators, ASCII escapes
+        return json.dumps(chunk).encode()
+    if style == "sorted":
+        return orjson.dumps(chunk, option=orjson.OPT_SORT_KEYS)
+    return json.dumps(chunk, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def relay_all(
+    raws: list[bytes], mode: ReasoningMode, *, splice: bool
+) -> tuple[list[bytes | None], ChunkNormaliser, int]:
+    norm = ChunkNormaliser(mode)
+    out: list[bytes | None] = []
+    spliced = 0
+    for raw in raws:
+        payload = norm.splice(raw) if splice else None
+        if payload is None:
+            payload = norm.process(UpstreamChunk(orjson.loads(raw), raw))
+        else:
+            spliced += 1
+        out.append(payload)
+    return out, norm, spliced
+
+
+# Drawing a stream of chunks is slower than hypothesis' default budget for one input.
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(chunks(), max_size=25),
+    st.sampled_from(["compact", "python", "sorted", "unicode"]),
+    st.sampled_from(["separate", "inline", "hidden"]),
+)
+def test_splice_relays_what_parsing_relays(
+    stream: list[dict[str, Any]], style: str, mode: ReasoningMode
+) -> None:
+    raws = [encode(c, style) for c in stream]
+    parsed, by_parse, _ = relay_all(raws, mode, splice=False)
+    spliced, by_splice, _ = relay_all(raws, mode, splice=True)
+    assert spliced == parsed
+    assert by_splice.text == by_parse.text
+    assert by_splice.reasoning == by_parse.reasoning
+    assert by_splice.finish_reason == by_parse.finish_reason
+    assert by_splice.usage == by_parse.usage
+
+
+def test_plain_chunks_after_the_first_are_spliced() -> None:
+    words = ["Once", " upon", " a", " time", " there", " was", " a", " gateway"]
+    raws = [
+        orjson.dumps(
+            {
+                "id": "chatcmpl-2",
+                "object": "chat.completion.chunk",
+                "created": 1700000000,
+                "model": "m",
+                "system_fingerprint": "fp",
+                "choices": [
+                    {"index": 0, "delta": {"content": w}, "logprobs": None, "finish_reason": None}
+                ],
+            }
+        )
+        for w in words
+    ]
+    out, norm, spliced = relay_all(raws, "separate", splice=True)
+    assert out == raws
+    assert norm.text == "Once upon a time there was a gateway"
+    assert spliced == len(words) - 1  # the first chunk is parsed, and becomes the template
+
+
+def test_a_text_that_is_not_plain_is_parsed() -> None:
+    norm = ChunkNormaliser("separate")
+
+    def chunk(text: str) -> bytes:
+        return orjson.dumps(
+            {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": "m",
+                "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+            }
+        )
+
+    first = chunk("plain")
+    assert norm.process(UpstreamChunk(orjson.loads(first), first)) == first
+    assert norm.splice(chunk("more")) is not None
+    # An escape, a quote, a control character or a possible tag: parsed, never spliced.
+    for text in ['a "quote"', "back\\slash", "line\nbreak", "<think>", "tab\there"]:
+        assert norm.splice(chunk(text)) is None
+    # Bytes that are not UTF-8 are not spliced either (parsing reports them).
+    assert norm.splice(chunk("x").replace(b'"x"', b'"\xff"')) is None
+    assert norm.text == "plainmore"
+
+
+def test_a_template_is_never_learned_where_the_text_is_ambiguous() -> None:
+    # The text "m" is also the model's name: the content cannot be told apart by bytes.
+    norm = ChunkNormaliser("separate")
+    raw = orjson.dumps(
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "delta": {"content": "m"}, "finish_reason": None}],
+        }
+    )
+    norm.process(UpstreamChunk(orjson.loads(raw), raw))
+    assert norm.splice(raw.replace(b'"content":"m"', b'"content":"n"')) is None
