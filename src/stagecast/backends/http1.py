@@ -55,6 +55,7 @@ class Connection(asyncio.Protocol):
         "headers_done",
         "idle_since",
         "keep_alive",
+        "loop",
         "received",
         "reused",
         "sink",
@@ -62,8 +63,10 @@ class Connection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> None:
         self._pool = pool
+        # Held, not looked up: asyncio's lookup of the running loop costs a system call.
+        self.loop = loop
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[None] | None = None
         self.transport: asyncio.Transport | None = None
@@ -146,7 +149,7 @@ class Connection(asyncio.Protocol):
 
     async def wait(self) -> None:
         """Until something happens on the connection: headers, body, the end, or an error."""
-        waiter = asyncio.get_running_loop().create_future()
+        waiter = self.loop.create_future()
         self._waiter = waiter
         try:
             await waiter
@@ -226,7 +229,7 @@ class Pool:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(connect_timeout):
             _, conn = await loop.create_connection(
-                lambda: Connection(self),
+                lambda: Connection(self, loop),
                 self.host,
                 self.port,
                 ssl=self.ssl,

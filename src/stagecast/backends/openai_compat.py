@@ -44,6 +44,8 @@ from stagecast.errors import (
 
 log = logging.getLogger(__name__)
 
+_monotonic = time.monotonic
+
 # A single SSE line from upstream may not exceed this (bounded memory against endless lines).
 MAX_LINE_BYTES = 2 * 1024 * 1024
 
@@ -55,43 +57,50 @@ class _Watchdog:
         "_conn",
         "_handle",
         "_loop",
-        "deadline",
         "fired",
+        "first_at",
         "first_token",
         "held",
         "idle",
-        "phase",
+        "last",
         "total_at",
     )
 
     def __init__(self, conn: Connection, first_token: float, idle: float, total: float):
-        self._loop = asyncio.get_running_loop()
+        self._loop = conn.loop
         self._conn = conn
         self.first_token = first_token
         # While the stage's readers hold the stream back, silence is not the server's.
         self.held = False
         now = self._loop.time()
         self.total_at = now + total
+        self.first_at = now + first_token
         self.idle = idle
-        self.phase = "first_token"
-        self.deadline = min(now + first_token, self.total_at)
+        # When the last chunk came (None: none yet); a chunk only moves this float.
+        self.last: float | None = None
         self.fired: UpstreamTimeoutError | None = None
-        self._handle: asyncio.TimerHandle | None = self._loop.call_at(self.deadline, self._check)
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(
+            min(self.first_at, self.total_at), self._check
+        )
 
     def progress(self) -> None:
         """Note a chunk: the next deadline is one idle gap from now."""
-        self.phase = "idle"
-        self.deadline = min(self._loop.time() + self.idle, self.total_at)
+        self.last = _monotonic()
 
     def _check(self) -> None:
         now = self._loop.time()
-        if self.held and self.deadline < self.total_at:
-            self.deadline = min(now + self.idle, self.total_at)
-        if now < self.deadline:
-            self._handle = self._loop.call_at(self.deadline, self._check)
+        if self.held:
+            self.last = now
+        if self.last is None:
+            phase, deadline = "first_token", self.first_at
+        else:
+            phase, deadline = "idle", self.last + self.idle
+        if deadline >= self.total_at:
+            phase, deadline = "total", self.total_at
+        if now < deadline:
+            self._handle = self._loop.call_at(deadline, self._check)
             return
         self._handle = None
-        phase = "total" if self.deadline >= self.total_at else self.phase
         what = {
             "first_token": "no first token",
             "idle": "no chunk",
@@ -277,6 +286,7 @@ class _ChunkReader:
         "_handler",
         "_paused",
         "_ready",
+        "_splice",
         "finished",
     )
 
@@ -289,6 +299,7 @@ class _ChunkReader:
         # Chunks read but not yet pulled (a list: a deque's first block alone is 600 bytes).
         self._ready: list[UpstreamChunk | None] = []
         self._handler: Callable[[UpstreamChunk], None] | None = None
+        self._splice: Callable[[bytes], bool] | None = None
         self._paused = False
         self.finished = False
         early, conn.body = conn.body, []
@@ -336,10 +347,16 @@ class _ChunkReader:
         if not self._paused:
             self._conn.resume()
 
-    async def pump(self, handler: Callable[[UpstreamChunk], None]) -> None:
+    async def pump(
+        self,
+        handler: Callable[[UpstreamChunk], None],
+        splice: Callable[[bytes], bool] | None = None,
+    ) -> None:
         """Run ``handler`` on every chunk as it arrives, until the stream ends.
 
-        ``handler``'s exceptions end the stream and are raised here.
+        ``splice``, if given, sees each chunk's bytes first, unparsed; when it returns True
+        it has relayed the chunk, and the chunk is neither parsed nor handed to ``handler``.
+        ``handler``'s and ``splice``'s exceptions end the stream and are raised here.
         """
         ready = self._ready
         while ready:
@@ -352,6 +369,7 @@ class _ChunkReader:
             self._paused = False
             self._conn.resume()
         self._handler = handler
+        self._splice = splice
         conn = self._conn
         try:
             while not self.finished:
@@ -359,11 +377,31 @@ class _ChunkReader:
                 await conn.wait()
         finally:
             self._handler = None
+            self._splice = None
         await self._drain()
 
     def _feed(self, piece: bytes) -> None:
         if self.finished:
             return
+        if (
+            not self._buf
+            and not self._data
+            and piece.startswith(b"data: ")
+            and piece.find(b"\n") == len(piece) - 2
+            and piece[-1] == 10
+            and piece[-3] != 13
+        ):
+            # The common read: exactly one event of one data line.
+            self._dispatch(piece[6:-2])
+        else:
+            self._split(piece)
+        if self._handler is None and self._ready:
+            if len(self._ready) > MAX_QUEUED and not self._paused:
+                self._paused = True
+                self._conn.pause()
+            self._conn.wake()
+
+    def _split(self, piece: bytes) -> None:
         buf = self._buf + piece if self._buf else piece
         start = 0
         while True:
@@ -376,7 +414,9 @@ class _ChunkReader:
                 if line.startswith(b"data:"):
                     self._data.append(line[6:] if line[5:6] == b" " else line[5:])
             elif self._data:
-                self._dispatch()
+                data = self._data
+                self._data = []
+                self._dispatch(data[0] if len(data) == 1 else b"\n".join(data))
                 if self.finished:
                     self._buf = b""
                     return
@@ -385,21 +425,17 @@ class _ChunkReader:
             raise UpstreamProtocolError(
                 f"model server sent an over-long line (more than {MAX_LINE_BYTES} bytes)"
             )
-        if self._handler is None and self._ready:
-            if len(self._ready) > MAX_QUEUED and not self._paused:
-                self._paused = True
-                self._conn.pause()
-            self._conn.wake()
 
-    def _dispatch(self) -> None:
-        data = self._data
-        payload = data[0] if len(data) == 1 else b"\n".join(data)
-        self._data = []
+    def _dispatch(self, payload: bytes) -> None:
         if payload == b"[DONE]":
             self.finished = True
             if self._handler is None:
                 self._ready.append(None)
             self._conn.wake()
+            return
+        splice = self._splice
+        if splice is not None and splice(payload):
+            self._dog.last = _monotonic()
             return
         try:
             parsed = orjson.loads(payload)
@@ -411,7 +447,7 @@ class _ChunkReader:
             raise UpstreamProtocolError("model server sent a chunk that is not a JSON object")
         if "error" in parsed and "choices" not in parsed:
             raise _stream_error(parsed["error"])
-        self._dog.progress()
+        self._dog.last = _monotonic()
         handler = self._handler
         if handler is None:
             self._ready.append(UpstreamChunk(parsed, payload))
