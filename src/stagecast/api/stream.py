@@ -69,7 +69,8 @@ class StageEventStream(Response):
             self.metrics.active_streams.inc()
         # The body is written by this task; a second one only listens for the client
         # leaving, and interrupts the writer when it does.
-        this = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        this = asyncio.current_task(loop)
         assert this is not None
         writing = True
         left = False
@@ -80,7 +81,7 @@ class StageEventStream(Response):
                 left = True
                 this.cancel()
 
-        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        watcher = loop.create_task(_wait_disconnect(receive))
         watcher.add_done_callback(on_leave)
         outcome = "gone"
         try:

@@ -93,6 +93,9 @@ class MemoryHub:
         self.retry_ms = retry_ms
         self._logs: dict[str, _Log] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
+        # The loop the stages are on, held from the first open: asyncio's lookup of the
+        # running loop costs a system call.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def open(self, stage_id: str, *, owner: str | None, meta: dict[str, Any]) -> None:
         old = self._logs.get(stage_id)
@@ -101,6 +104,8 @@ class MemoryHub:
         handle = self._expiry.pop(stage_id, None)
         if handle is not None:
             handle.cancel()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         info = StageInfo(stage_id, "running", 0, owner, dict(meta), time.time())
         self._logs[stage_id] = _Log(info)
 
@@ -136,7 +141,7 @@ class MemoryHub:
             log.info.status = status
             log.info.finished_at = time.time()
             log.cancel_callbacks.clear()
-            self._expiry[stage_id] = asyncio.get_running_loop().call_later(
+            self._expiry[stage_id] = self._running_loop().call_later(
                 self.ttl, self._expire, stage_id, log
             )
         if log.waiters:
@@ -150,6 +155,9 @@ class MemoryHub:
             log.paused = True
             log.flow[0]()
         return seq
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop if self._loop is not None else asyncio.get_running_loop()
 
     def set_flow(
         self,
@@ -179,13 +187,16 @@ class MemoryHub:
         if log is None:
             raise StageNotFoundError(f"no stage {stage_id!r} (unknown or expired)")
         pos = max(after, 0)
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         # Lag counts only once a reader has caught up: a reader replaying history starts far
         # behind by design, and is not the slow consumer this bound is for.
         caught_up = False
         token = object()
         positions = log.positions
         positions[token] = pos
+        # One heartbeat timer per reader, not one per wait: it fires ``heartbeat`` after the
+        # current wait began (re-arming itself while the reader is busy or newly waiting).
+        quiet = _Quiet(loop, heartbeat) if heartbeat is not None else None
         try:
             while True:
                 frames = log.frames
@@ -211,20 +222,23 @@ class MemoryHub:
                     return
                 fut: asyncio.Future[None] = loop.create_future()
                 log.waiters.append(fut)
-                if heartbeat is None:
+                if quiet is None:
                     await fut
                     continue
-                handle = loop.call_later(heartbeat, _resolve, fut)
+                quiet.waiting = fut
+                quiet.since = loop.time()
                 try:
                     await fut
                 finally:
-                    handle.cancel()
+                    quiet.waiting = None
                 if len(log.frames) == pos and not log.terminal:
                     yield b""
         finally:
             del positions[token]
             if log.paused:
                 log.check_resume()
+            if quiet is not None:
+                quiet.cancel()
 
     async def info(self, stage_id: str) -> StageInfo | None:
         log = self._logs.get(stage_id)
@@ -277,6 +291,30 @@ class MemoryHub:
         self._logs.clear()
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+class _Quiet:
+    """A reader's heartbeat: resolves the reader's wait once it has lasted ``interval``."""
+
+    __slots__ = ("_handle", "_loop", "interval", "since", "waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        self._loop = loop
+        self.interval = interval
+        self.since = loop.time()
+        self.waiting: asyncio.Future[None] | None = None
+        self._handle = loop.call_at(self.since + interval, self._fire)
+
+    def _fire(self) -> None:
+        now = self._loop.time()
+        fut = self.waiting
+        if fut is None:
+            due = now + self.interval  # busy writing: a wait has yet to begin
+        elif now - self.since >= self.interval:
+            if not fut.done():
+                fut.set_result(None)
+            due = now + self.interval
+        else:
+            due = self.since + self.interval
+        self._handle = self._loop.call_at(due, self._fire)
+
+    def cancel(self) -> None:
+        self._handle.cancel()

@@ -82,6 +82,8 @@ class StageManager:
         self.producers: dict[str, Producer] = {"chat": run_chat, **(producers or {})}
         self.runs: dict[str, StageRun] = {}
         self.accepting = True
+        # The loop the runs are on, held once known: looking it up costs a system call.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def context(
         self, request: StageRequest, role: str, mode: StageMode, owner: str | None = None
@@ -123,7 +125,10 @@ class StageManager:
         run = StageRun(ctx)
         self.runs[stage_id] = run
         hub.on_cancel(stage_id, lambda: run.cancel("client"))
-        run.task = asyncio.create_task(self._drive(run), name=f"stage-{stage_id}")
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        run.task = loop.create_task(self._drive(run), name=f"stage-{stage_id}")
         run.task.add_done_callback(lambda _t: self._reap(run))
         return run
 
