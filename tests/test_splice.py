@@ -22,16 +22,14 @@ from stagecast.stages.normalise import ChunkNormaliser, ReasoningMode
 TEXTS = st.one_of(
     st.sampled_from(["Hello", " world", ".", "", "<", "<think>", "hm</think>", "a\nb", 'say "hi"']),
     st.text(max_size=12),
-    st.text(alphabet="abc <>/\\\"\n\u00e9\u4e2d\U0001f600", max_size=8),
+    st.text(alphabet='abc <>/\\"\n\u00e9\u4e2d\U0001f600', max_size=8),
 )
 
 
 @st.composite
 def chunks(draw: st.DrawFn) -> dict[str, Any]:
     """One upstream chunk (as a dict), mostly plain content, sometimes something else."""
-    kind = draw(
-        st.sampled_from(["text"] * 6 + ["role", "finish", "usage", "reasoning", "empty"])
-    )
+    kind = draw(st.sampled_from(["text"] * 6 + ["role", "finish", "usage", "reasoning", "empty"]))
     delta: dict[str, Any] = {}
     choice: dict[str, Any] = {"index": 0, "delta": delta}
     if kind == "text":

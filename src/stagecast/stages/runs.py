@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import uuid
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +25,37 @@ from stagecast.stages.context import StageContext, StageMode, StageOutcome
 from stagecast.store.base import StageRecord, summarise_request
 
 log = logging.getLogger(__name__)
+
+
+class _StageIds:
+    """Unguessable stage ids: 16 bytes from the OS's CSPRNG each, as 32 hex digits.
+
+    The bytes are drawn 4 KiB at a time, so a stage costs no ``getrandom`` system call of its
+    own (the id alone is what lets a client resume or cancel a stage without an API key).
+    Every byte is used once, also across a fork (the child starts with a fresh pool).
+    """
+
+    __slots__ = ("_at", "_pool")
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def reset(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def new(self) -> str:
+        at = self._at
+        if at + 16 > len(self._pool):
+            self._pool = os.urandom(4096)
+            at = 0
+        self._at = at + 16
+        return self._pool[at : at + 16].hex()
+
+
+_stage_ids = _StageIds()
+os.register_at_fork(after_in_child=_stage_ids.reset)
 
 Producer = Callable[[StageContext], Awaitable[StageOutcome]]
 
@@ -94,7 +125,7 @@ class StageManager:
         validate = getattr(self.producers[mode], "validate", None)
         if validate is not None:
             validate(request)
-        stage_id = request.stage_id or uuid.uuid4().hex
+        stage_id = request.stage_id or _stage_ids.new()
         return StageContext(
             stage_id=stage_id,
             request=request,
