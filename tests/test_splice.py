@@ -13,44 +13,56 @@ import json
 from typing import Any
 
 import orjson
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from stagecast.backends.base import UpstreamChunk
 from stagecast.stages.normalise import ChunkNormaliser, ReasoningMode
 
 TEXTS = st.one_of(
-    st.sampled_from(["Hello", " world", ".", "", "<", "<think>", "hm</think>", "a\nb", 'say "hi"']),
+    st.sampled_from(["Hello", " world", ".", "plain", "more text"]),
+    st.sampled_from(["", "<", "<think>", "hm</think>", "a\nb", 'say "hi"', "caf\u00e9"]),
     st.text(max_size=12),
     st.text(alphabet='abc <>/\\"\n\u00e9\u4e2d\U0001f600', max_size=8),
 )
+KINDS = ["text"] * 4 + ["reasoning"] * 2 + ["role", "finish", "usage", "empty", "bare"]
+
+PLAIN = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1700000000, "model": "m"}
 
 
 @st.composite
-def chunks(draw: st.DrawFn) -> dict[str, Any]:
-    """One upstream chunk (as a dict), mostly plain content, sometimes something else."""
-    kind = draw(st.sampled_from(["text"] * 6 + ["role", "finish", "usage", "reasoning", "empty"]))
-    delta: dict[str, Any] = {}
-    choice: dict[str, Any] = {"index": 0, "delta": delta}
-    if kind == "text":
-        delta["content"] = draw(TEXTS)
-    elif kind == "role":
-        delta.update(role="assistant", content="")
-    elif kind == "reasoning":
-        delta["reasoning_content"] = draw(TEXTS)
-    if draw(st.booleans()):
-        choice["logprobs"] = None
-    choice["finish_reason"] = "stop" if kind == "finish" else None
-    chunk: dict[str, Any] = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": draw(st.sampled_from([1700000000, 1700000001])),
-        "model": "m",
-        "choices": [] if kind == "usage" else [choice],
-    }
-    if kind == "usage":
-        chunk["usage"] = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
-    return chunk
+def streams(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """The chunks of one stream (as dicts): mostly plain content, sometimes something else.
+
+    Like a real server, a stream keeps its chunks' layout; ``created`` may tick over, and a
+    badly behaved one changes its id or leaves id and model out ("bare").
+    """
+    logprobs = draw(st.booleans())
+    ticks = draw(st.booleans())
+    renames = draw(st.booleans())
+    out: list[dict[str, Any]] = []
+    for kind in draw(st.lists(st.sampled_from(KINDS), max_size=25)):
+        delta: dict[str, Any] = {}
+        choice: dict[str, Any] = {"index": 0, "delta": delta}
+        if kind in ("text", "bare"):
+            delta["content"] = draw(TEXTS)
+        elif kind == "role":
+            delta.update(role="assistant", content="")
+        elif kind == "reasoning":
+            delta["reasoning_content"] = draw(TEXTS)
+        if logprobs:
+            choice["logprobs"] = None
+        choice["finish_reason"] = "stop" if kind == "finish" else None
+        created = 1700000000 + (draw(st.integers(0, 1)) if ticks else 0)
+        chunk = {**PLAIN, "created": created, "choices": [] if kind == "usage" else [choice]}
+        if renames:
+            chunk["id"] = draw(st.sampled_from(["chatcmpl-1", "chatcmpl-2"]))
+        if kind == "bare":
+            del chunk["id"], chunk["model"]
+        if kind == "usage":
+            chunk["usage"] = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+        out.append(chunk)
+    return out
 
 
 def encode(chunk: dict[str, Any], style: str) -> bytes:
@@ -80,12 +92,23 @@ def relay_all(
     return out, norm, spliced
 
 
-# Drawing a stream of chunks is slower than hypothesis' default budget for one input.
-@settings(suppress_health_check=[HealthCheck.too_slow])
+# A state that matters (an open <think> block, a held tag) needs a few chunks in the right
+# order: more examples than the default find it. Drawing them is slower than hypothesis'
+# default budget for one input.
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    st.lists(chunks(), max_size=25),
+    streams(),
     st.sampled_from(["compact", "python", "sorted", "unicode"]),
     st.sampled_from(["separate", "inline", "hidden"]),
+)
+@example(  # the answer after inline reasoning must close the <think> block
+    [
+        {**PLAIN, "choices": [{"index": 0, "delta": {"content": "a"}}]},
+        {**PLAIN, "choices": [{"index": 0, "delta": {"reasoning_content": "b"}}]},
+        {**PLAIN, "choices": [{"index": 0, "delta": {"content": "c"}}]},
+    ],
+    "compact",
+    "inline",
 )
 def test_splice_relays_what_parsing_relays(
     stream: list[dict[str, Any]], style: str, mode: ReasoningMode

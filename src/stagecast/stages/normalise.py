@@ -43,6 +43,7 @@ class ChunkNormaliser:
         "_model",
         "_splitter",
         "_tail",
+        "_template_id",
         "finish_reason",
         "hook",
         "mode",
@@ -64,6 +65,7 @@ class ChunkNormaliser:
         # The splice template: the bytes before and after the content text (see splice).
         self._head = b""
         self._tail = b""
+        self._template_id: tuple[str, str] = ("", "")
         self.text_parts: list[str] = []
         self.reasoning_parts: list[str] = []
         self.usage: dict[str, Any] | None = None
@@ -86,12 +88,15 @@ class ChunkNormaliser:
         if not head or not raw.startswith(head) or not raw.endswith(self._tail):
             return None
         text = raw[len(head) : len(raw) - len(self._tail)]
-        if not text or _NOT_PLAIN.search(text) is not None or not self._splitter.idle():
+        if not text or _NOT_PLAIN.search(text) is not None:
             return None
+        if self._inline_open or not self._splitter.idle():
+            return None  # the text ends a <think> block, or may continue a tag
         try:
             self.text_parts.append(text.decode())
         except UnicodeDecodeError:
             return None
+        self._id, self._model = self._template_id
         return raw
 
     def process(self, chunk: UpstreamChunk) -> bytes | None:
@@ -153,6 +158,7 @@ class ChunkNormaliser:
         try:
             if parsed == data:
                 self._head, self._tail = head, tail
+                self._template_id = (data["id"], data["model"])
         finally:
             delta["content"] = text
 
