@@ -181,3 +181,31 @@ async def test_concurrency_limit_queues_then_reports_busy(
             assert events[-1].data.code == "role_busy"  # type: ignore[union-attr]
             await first.aclose()
     assert len(upstream.chat_requests()) == 1
+
+
+async def test_a_slot_is_given_back_however_the_stream_ended(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
+    # One slot: every stage below would be refused as busy if an earlier one had kept it.
+    gw = make_gateway(
+        models={"fake": role(upstream.url, max_concurrency=1, queue_timeout=0.2, retries=1)}
+    )
+    upstream.enqueue(text_script(["one"]))
+    upstream.enqueue(error_script(400, "bad model"))  # not retried
+    upstream.enqueue(error_script(500, "model crashed"))  # retried once, then fails again
+    upstream.enqueue(error_script(500, "model crashed"))
+    upstream.enqueue(stalled(30))  # the client leaves while it streams
+    upstream.enqueue(text_script(["last"]))
+    async with AsyncStagecast(gw.url) as client:
+        _, events = await collect(client, user_prompt="ok")
+        assert text_of(events) == "one"
+        for code in ("upstream_status", "upstream_status"):
+            _, events = await collect(client, user_prompt="fails")
+            assert events[-1].event == "error"
+            assert events[-1].data.code == code  # type: ignore[union-attr]
+        async with client.stream_chat(user_prompt="left", raise_on_error=False) as left:
+            await anext(aiter(left))
+            upstream.wait_requests(5)
+        _, events = await collect(client, user_prompt="ok again")
+        assert text_of(events) == "last"
+    assert len(upstream.chat_requests()) == 6

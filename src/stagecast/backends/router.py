@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,18 +94,28 @@ class Router:
             for attempt in range(entry.config.retries + 1):
                 if attempt:
                     await asyncio.sleep(min(0.25 * 2 ** (attempt - 1), 2.0))
-                stack = AsyncExitStack()
+                # A slot, then the backend's stream inside it; both held until the caller
+                # is done (written out: an exit stack costs a kilobyte per open stream).
+                await _take_slot(entry)
+                opened: AbstractAsyncContextManager[ChunkStream] | None = None
                 try:
-                    await stack.enter_async_context(_slot(entry))
-                    chunks = await stack.enter_async_context(entry.backend.stream(call))
+                    stream = entry.backend.stream(call)
+                    chunks = await stream.__aenter__()
+                    opened = stream
                     try:
                         first = await anext(chunks)
                     except StopAsyncIteration:
                         raise UpstreamProtocolError(
                             "model server ended the stream without a single chunk"
                         ) from None
-                except UpstreamError as exc:
-                    await stack.aclose()
+                except BaseException as exc:
+                    try:
+                        if opened is not None:
+                            await opened.__aexit__(type(exc), exc, exc.__traceback__)
+                    finally:
+                        entry.slots.release()
+                    if not isinstance(exc, UpstreamError):
+                        raise
                     last = exc
                     log.warning(
                         "upstream attempt failed",
@@ -114,11 +124,18 @@ class Router:
                     if not exc.retryable:
                         break
                     continue
-                except BaseException:
-                    await stack.aclose()
-                    raise
-                async with stack:
+                try:
                     yield _Prepended(first, chunks)
+                except BaseException as exc:
+                    try:
+                        await opened.__aexit__(type(exc), exc, exc.__traceback__)
+                    finally:
+                        entry.slots.release()
+                    raise
+                try:
+                    await opened.__aexit__(None, None, None)
+                finally:
+                    entry.slots.release()
                 return
         assert last is not None
         raise last
@@ -144,23 +161,20 @@ class Router:
         await asyncio.gather(*(r.backend.aclose() for r in self._roles.values()))
 
 
-@asynccontextmanager
-async def _slot(entry: _Role) -> AsyncIterator[None]:
-    try:
-        if entry.slots.locked():  # only a wait for a slot needs a deadline
-            async with asyncio.timeout(entry.config.queue_timeout):
-                await entry.slots.acquire()
-        else:
+async def _take_slot(entry: _Role) -> None:
+    """One of the role's slots (the caller releases it); ``RoleBusyError`` after the queue
+    timeout."""
+    if not entry.slots.locked():
+        await entry.slots.acquire()
+        return
+    try:  # only a wait for a slot needs a deadline
+        async with asyncio.timeout(entry.config.queue_timeout):
             await entry.slots.acquire()
     except TimeoutError:
         raise RoleBusyError(
             f"role {entry.name!r} is at its limit of {entry.config.max_concurrency} "
             f"concurrent streams; try again later"
         ) from None
-    try:
-        yield
-    finally:
-        entry.slots.release()
 
 
 class _Ready:
