@@ -327,6 +327,39 @@ async def test_byte_limit_rejects_more_but_accepts_the_terminal(make_hub: HubFac
     assert info.status == "done"
 
 
+async def test_heartbeats_only_after_a_quiet_interval_per_reader(hub: StreamHub) -> None:
+    """Several readers: each gets a heartbeat only once its own wait has lasted the interval
+    (a busy reader none while events keep coming), and a quiet reader keeps getting them."""
+    interval = 0.15
+    loop = asyncio.get_running_loop()
+    await hub.open("busy", owner="runner", meta={})
+    await hub.open("quiet", owner="runner", meta={})
+    gaps: dict[str, list[tuple[float, bytes]]] = {"busy": [], "quiet": []}
+
+    async def read(stage: str) -> None:
+        last = loop.time()
+        async for item in hub.tail(stage, heartbeat=interval):
+            now = loop.time()
+            gaps[stage].append((now - last, item))
+            last = now
+            if stage == "quiet" and sum(1 for _, i in gaps[stage] if not i) >= 3:
+                return
+
+    readers = [asyncio.ensure_future(read("busy")), asyncio.ensure_future(read("quiet"))]
+    for n in range(40):
+        await hub.append("busy", "chunk", b'{"n":%d}' % n)
+        await asyncio.sleep(interval / 10)
+    await hub.append("busy", "done", b"{}")
+    await asyncio.wait_for(asyncio.gather(*readers), WAIT)
+    for stage, seen in gaps.items():
+        beats = [gap for gap, item in seen if not item]
+        # Never early: a heartbeat comes at least one interval after the reader's last item
+        # (timer resolution allows a millisecond).
+        assert all(gap >= interval - 0.002 for gap in beats), (stage, beats)
+    assert sum(1 for _, item in gaps["quiet"] if not item) == 3
+    assert b"".join(item for _, item in gaps["busy"]).count(b"event: chunk") == 40
+
+
 async def test_heartbeat_when_quiet(hub: StreamHub) -> None:
     await hub.open("s1", owner="runner", meta={})
     tail = closable(hub.tail("s1", heartbeat=0.05))

@@ -96,6 +96,8 @@ class MemoryHub:
         # The loop the stages are on, held from the first open: asyncio's lookup of the
         # running loop costs a system call.
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Heartbeats of waiting readers, by interval: one timer for all of them.
+        self._beats: dict[float, _Heartbeats] = {}
 
     async def open(self, stage_id: str, *, owner: str | None, meta: dict[str, Any]) -> None:
         old = self._logs.get(stage_id)
@@ -156,6 +158,12 @@ class MemoryHub:
             log.flow[0]()
         return seq
 
+    def _heartbeats(self, loop: asyncio.AbstractEventLoop, interval: float) -> _Heartbeats:
+        beats = self._beats.get(interval)
+        if beats is None:
+            beats = self._beats[interval] = _Heartbeats(loop, interval)
+        return beats
+
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         return self._loop if self._loop is not None else asyncio.get_running_loop()
 
@@ -194,9 +202,7 @@ class MemoryHub:
         token = object()
         positions = log.positions
         positions[token] = pos
-        # One heartbeat timer per reader, not one per wait: it fires ``heartbeat`` after the
-        # current wait began (re-arming itself while the reader is busy or newly waiting).
-        quiet = _Quiet(loop, heartbeat) if heartbeat is not None else None
+        beats = self._heartbeats(loop, heartbeat) if heartbeat is not None else None
         try:
             while True:
                 frames = log.frames
@@ -222,23 +228,21 @@ class MemoryHub:
                     return
                 fut: asyncio.Future[None] = loop.create_future()
                 log.waiters.append(fut)
-                if quiet is None:
+                if beats is None:
                     await fut
                     continue
-                quiet.waiting = fut
-                quiet.since = loop.time()
+                beats.waiting[fut] = loop.time()
+                beats.arm()
                 try:
                     await fut
                 finally:
-                    quiet.waiting = None
+                    beats.waiting.pop(fut, None)
                 if len(log.frames) == pos and not log.terminal:
                     yield b""
         finally:
             del positions[token]
             if log.paused:
                 log.check_resume()
-            if quiet is not None:
-                quiet.cancel()
 
     async def info(self, stage_id: str) -> StageInfo | None:
         log = self._logs.get(stage_id)
@@ -283,6 +287,9 @@ class MemoryHub:
         return log.readers
 
     async def aclose(self) -> None:
+        for beats in self._beats.values():
+            beats.cancel()
+        self._beats.clear()
         for handle in self._expiry.values():
             handle.cancel()
         self._expiry.clear()
@@ -291,30 +298,40 @@ class MemoryHub:
         self._logs.clear()
 
 
-class _Quiet:
-    """A reader's heartbeat: resolves the reader's wait once it has lasted ``interval``."""
+class _Heartbeats:
+    """Resolves each waiting reader's wait once it has lasted ``interval`` (the reader then
+    writes a keep-alive), with one timer for every reader of that interval.
 
-    __slots__ = ("_handle", "_loop", "interval", "since", "waiting")
+    ``waiting`` maps each wait to when it began; waits begin in time order, so the dict is
+    also in deadline order and the timer only ever looks at its front.
+    """
+
+    __slots__ = ("_handle", "_loop", "interval", "waiting")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
         self._loop = loop
         self.interval = interval
-        self.since = loop.time()
-        self.waiting: asyncio.Future[None] | None = None
-        self._handle = loop.call_at(self.since + interval, self._fire)
+        self.waiting: dict[asyncio.Future[None], float] = {}
+        self._handle: asyncio.TimerHandle | None = None
+
+    def arm(self) -> None:
+        if self._handle is None:
+            self._handle = self._loop.call_at(self._loop.time() + self.interval, self._fire)
 
     def _fire(self) -> None:
+        self._handle = None
         now = self._loop.time()
-        fut = self.waiting
-        if fut is None:
-            due = now + self.interval  # busy writing: a wait has yet to begin
-        elif now - self.since >= self.interval:
+        waiting = self.waiting
+        while waiting:
+            fut, since = next(iter(waiting.items()))
+            if now - since < self.interval:
+                self._handle = self._loop.call_at(since + self.interval, self._fire)
+                return
+            del waiting[fut]
             if not fut.done():
                 fut.set_result(None)
-            due = now + self.interval
-        else:
-            due = self.since + self.interval
-        self._handle = self._loop.call_at(due, self._fire)
 
     def cancel(self) -> None:
-        self._handle.cancel()
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
