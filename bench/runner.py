@@ -142,7 +142,7 @@ def make_plan(mode: str, rounds: int | None) -> Plan:
             close=ClosePlan(after_s=0.25),
         ),
         "close_streaming": _wl(
-            "close_streaming", z.close, 1000, 20.0, ramp_s=0.4, close=ClosePlan(after_chunks=10)
+            "close_streaming", z.close, 250, 20.0, ramp_s=0.4, close=ClosePlan(after_chunks=10)
         ),
     }
     warmup = [
