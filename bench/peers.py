@@ -190,10 +190,24 @@ class Proc:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def freeze(self) -> None:
+        """Stop the process group (SIGSTOP): it uses no CPU until ``thaw``."""
+        self._signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Let a frozen process group run again (SIGCONT)."""
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, sig)
+
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM to the process group, then SIGKILL if it is still there after ``timeout``."""
         if self.popen.poll() is not None:
             return
+        self.thaw()  # a frozen process would not act on SIGTERM
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGTERM)
         try:

@@ -346,7 +346,7 @@ def _verdict_text(ok: bool | None) -> str:
 
 def _rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     targets = doc["targets"]
-    header = ["metric", "target", *targets, "stagecast"]
+    header = ["metric", "target", *targets, "stagecast meets it"]
     rows = []
     for m in doc["metrics"]:
         label = f"{m['label']} ({m['unit']})" if m["unit"] else m["label"]

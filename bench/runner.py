@@ -258,10 +258,27 @@ class Runner:
         await asyncio.sleep(0.05)
 
     async def measure(self, bench: Bench, key: str, wl: Workload, rnd: int) -> dict[str, Any]:
-        """Run one workload against one target and describe it as a record."""
+        """Run one workload against one target and describe it as a record.
+
+        The other gateways share the measured one's core: while it is measured they are
+        frozen (SIGSTOP), so work one of them has left over (a proxy still relaying streams
+        its clients left) cannot take the core from it. They run again between workloads.
+        """
         t0 = time.monotonic()
         await self.settle()
         settle_s = time.monotonic() - t0
+        others = [p for p in self.gateways if p is not bench.proc]
+        for proc in others:
+            proc.freeze()
+        try:
+            return await self._measure(bench, key, wl, rnd, settle_s)
+        finally:
+            for proc in others:
+                proc.thaw()
+
+    async def _measure(
+        self, bench: Bench, key: str, wl: Workload, rnd: int, settle_s: float
+    ) -> dict[str, Any]:
         if wl.close is not None:
             await self.mock_json("GET", "/_bench/closes")  # drop anything logged before
         gw0 = bench.proc.cpu_seconds() if bench.proc else 0.0
@@ -480,14 +497,21 @@ class Runner:
         ):
             await self.settle()
             self.log(f"profiling {bench.name} with py-spy: {key} ({wl.streams} streams)")
-            out[key] = await profile_gateway(
-                PEERS_VENV / "bin" / "py-spy",
-                bench.proc.pid,
-                bench.target,
-                wl,
-                self.procs.log_dir / f"profile-{bench.name}-{key}.txt",
-                statistics.median(measured) if measured else None,
-            )
+            others = [p for p in self.gateways if p is not bench.proc]
+            for proc in others:
+                proc.freeze()
+            try:
+                out[key] = await profile_gateway(
+                    PEERS_VENV / "bin" / "py-spy",
+                    bench.proc.pid,
+                    bench.target,
+                    wl,
+                    self.procs.log_dir / f"profile-{bench.name}-{key}.txt",
+                    statistics.median(measured) if measured else None,
+                )
+            finally:
+                for proc in others:
+                    proc.thaw()
         return out
 
     async def _wait_active(self, n: int, *, timeout: float) -> int:
@@ -615,8 +639,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # minute after thousands of streams close, so nothing is measured after this.
         starters = {"floor": start_floor, "stagecast": start_stagecast, "litellm": start_litellm}
         rss = []
-        for name, used in [(b.name, b.proc) for b in benches if b.proc is not None]:
-            procs.stop(used)
+        for bench in benches:  # none of the used ones may take the core from the ladders
+            if bench.proc is not None:
+                procs.stop(bench.proc)
+        for name in [b.name for b in benches if b.proc is not None]:
             fresh = await starters[name]()
             if isinstance(fresh, str):
                 rss.append({"target": name, "skipped": fresh})
@@ -688,7 +714,13 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--quick", action="store_true", help="one small round (< 30 s)")
     size.add_argument("--smoke", action="store_true", help="a few streams: correctness only (CI)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default 5; 1 if quick)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result file")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON result file (default: results/latest.json for a full run, "
+        "results/<mode>.json for --quick or --smoke, which never replace the full results)",
+    )
     parser.add_argument("--litellm", action="store_true", help="include LiteLLM in --quick")
     parser.add_argument("--no-litellm", action="store_true", help="never start LiteLLM")
     parser.add_argument("--profile", action="store_true", help="py-spy stagecast at 500 streams")
@@ -706,6 +738,9 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("benchmark interrupted; every process it started was stopped", file=sys.stderr)
         return 130
+    if args.out is None:
+        mode = "quick" if args.quick else "smoke" if args.smoke else None
+        args.out = DEFAULT_OUT.with_name(f"{mode}.json") if mode else DEFAULT_OUT
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(
         orjson.dumps(_finite(doc), option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
