@@ -139,6 +139,8 @@ class Settings(BaseSettings):
     max_stage_events: Annotated[int, Field(ge=16)] = 100_000
     max_stage_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
     max_reader_lag: Annotated[int, Field(ge=16)] = 10_000
+    # In-process hub only: bytes of ended stages kept for replay (oldest go first when full).
+    max_retained_bytes: Annotated[int, Field(ge=1024 * 1024)] = 256 * 1024 * 1024
     shutdown_grace: Annotated[float, Field(ge=0)] = 10.0
     health_timeout: PositiveSeconds = 2.0
     redis_url: str | None = None

@@ -643,3 +643,38 @@ async def test_a_stage_whose_replica_died_is_ended_and_its_id_freed(
     finally:
         await owner.aclose()
         await other.aclose()
+
+
+async def test_memory_hub_keeps_ended_stages_within_its_byte_budget() -> None:
+    """Past ``max_retained_bytes`` the oldest ended stages go before their TTL; a running
+    stage never does, and a reader already on a dropped stage still reads it to the end."""
+    hub = MemoryHub(ttl=600.0, max_retained_bytes=1024 * 1024)
+    payload = b'{"text":"%s"}' % (b"x" * 100_000)  # about 100 KB per event
+    try:
+        await hub.open("running", owner="runner", meta={})
+        await hub.append("running", "chunk", payload)
+        await hub.open("first", owner="runner", meta={})
+        await hub.append("first", "chunk", payload)
+        early = hub.tail("first")  # attached before the stage is dropped
+        assert (await anext(early)).startswith(b"id: 1\n")
+        for _ in range(3):
+            await hub.append("first", "chunk", payload)
+        await hub.append("first", "done", b"{}")
+        for n in range(2, 5):  # three more ended stages of 400 KB: "first" must make room
+            await hub.open(f"s{n}", owner="runner", meta={})
+            for _ in range(4):
+                await hub.append(f"s{n}", "chunk", payload)
+            await hub.append(f"s{n}", "done", b"{}")
+        assert await hub.info("first") is None
+        with pytest.raises(StageNotFoundError):
+            await hub.events("first")
+        assert [await hub.info(f"s{n}") is not None for n in range(2, 5)] == [False, True, True]
+        info = await hub.info("running")
+        assert info is not None and info.status == "running"
+        rest = b"".join([frame async for frame in early])
+        assert rest.count(b"event: chunk") == 3 and rest.endswith(b"event: done\ndata: {}\n\n")
+        # The same id may run again once its old log is gone or ended.
+        await hub.open("s4", owner="runner", meta={})
+        assert (await hub.info("s4")).status == "running"  # type: ignore[union-attr]
+    finally:
+        await hub.aclose()

@@ -64,7 +64,7 @@ def make_hub(settings: Settings, metrics: Metrics | None = None) -> StreamHub:
         from stagecast.hub.redis import RedisHub
 
         return RedisHub(settings.redis_url, prefix=settings.redis_prefix, **limits)  # type: ignore[arg-type]
-    return MemoryHub(**limits)  # type: ignore[arg-type]
+    return MemoryHub(**limits, max_retained_bytes=settings.max_retained_bytes)  # type: ignore[arg-type]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -46,7 +46,9 @@ class _Log:
 
     def __init__(self, info: StageInfo) -> None:
         self.info = info
-        self.frames: list[bytes] = []
+        # A list while the stage runs; a tuple once it has ended (no appends, and a tuple of
+        # bytes is not traversed by the garbage collector, however long it is kept).
+        self.frames: list[bytes] | tuple[bytes, ...] = []
         self.nbytes = 0
         self.waiters: list[asyncio.Future[None]] = []
         self.terminal = False
@@ -85,14 +87,20 @@ class MemoryHub:
         max_bytes: int = 64 * 1024 * 1024,
         max_reader_lag: int = 10_000,
         retry_ms: int = 2000,
+        max_retained_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self.ttl = ttl
+        self.max_retained_bytes = max_retained_bytes
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.max_reader_lag = max_reader_lag
         self.retry_ms = retry_ms
         self._logs: dict[str, _Log] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
+        # Ended stages kept for replay, oldest first, and their frames' bytes: past
+        # ``max_retained_bytes`` the oldest go before their ``ttl``.
+        self._retained: dict[str, _Log] = {}
+        self._retained_bytes = 0
         # The loop the stages are on, held from the first open: asyncio's lookup of the
         # running loop costs a system call.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -101,11 +109,10 @@ class MemoryHub:
 
     async def open(self, stage_id: str, *, owner: str | None, meta: dict[str, Any]) -> None:
         old = self._logs.get(stage_id)
-        if old is not None and not old.terminal:
-            raise StageConflictError(f"stage {stage_id!r} is already running")
-        handle = self._expiry.pop(stage_id, None)
-        if handle is not None:
-            handle.cancel()
+        if old is not None:
+            if not old.terminal:
+                raise StageConflictError(f"stage {stage_id!r} is already running")
+            self._drop(stage_id, old)
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         info = StageInfo(stage_id, "running", 0, owner, dict(meta), time.time())
@@ -119,23 +126,24 @@ class MemoryHub:
         log = self._logs.get(stage_id)
         if log is None:
             raise StageNotFoundError(f"stage {stage_id!r} is not open")
-        if log.terminal:
+        frames = log.frames
+        if log.terminal or not isinstance(frames, list):
             raise StageLimitError(f"stage {stage_id!r} already ended", code="stage_ended")
         status = TERMINAL_STATUS.get(event)
         if status is None and (
-            len(log.frames) >= self.max_events or log.nbytes + len(data) > self.max_bytes
+            len(frames) >= self.max_events or log.nbytes + len(data) > self.max_bytes
         ):
             raise StageLimitError(
                 f"stage {stage_id!r} exceeded its bounds of {self.max_events} events or "
                 f"{self.max_bytes} bytes"
             )
-        seq = len(log.frames) + 1
+        seq = len(frames) + 1
         if seq == 1 or b"\n" in data or b"\r" in data:
             frame = encode_frame(event, data, id=seq, retry=self.retry_ms if seq == 1 else None)
         else:
             # The common frame in one formatting step (same bytes as encode_frame).
             frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, event.encode(), data)
-        log.frames.append(frame)
+        frames.append(frame)
         log.nbytes += len(frame)
         log.info.last_seq = seq
         if status is not None:
@@ -143,9 +151,8 @@ class MemoryHub:
             log.info.status = status
             log.info.finished_at = time.time()
             log.cancel_callbacks.clear()
-            self._expiry[stage_id] = self._running_loop().call_later(
-                self.ttl, self._expire, stage_id, log
-            )
+            log.frames = tuple(frames)
+            self._retain(stage_id, log)
         if log.waiters:
             log.wake()
         if (
@@ -183,8 +190,25 @@ class MemoryHub:
         log.paused = False
         log.flow = flow
 
-    def _expire(self, stage_id: str, log: _Log) -> None:
-        self._expiry.pop(stage_id, None)
+    def _retain(self, stage_id: str, log: _Log) -> None:
+        """Keep an ended stage for replay: for ``ttl``, or until newer ones need the room."""
+        self._expiry[stage_id] = self._running_loop().call_later(
+            self.ttl, self._drop, stage_id, log
+        )
+        self._retained[stage_id] = log
+        self._retained_bytes += log.nbytes
+        while self._retained_bytes > self.max_retained_bytes and len(self._retained) > 1:
+            oldest = next(iter(self._retained))
+            self._drop(oldest, self._retained[oldest])
+
+    def _drop(self, stage_id: str, log: _Log) -> None:
+        """Forget an ended stage (readers still on it finish; new ones get not-found)."""
+        handle = self._expiry.pop(stage_id, None)
+        if handle is not None:
+            handle.cancel()
+        if self._retained.get(stage_id) is log:
+            del self._retained[stage_id]
+            self._retained_bytes -= log.nbytes
         if self._logs.get(stage_id) is log:
             del self._logs[stage_id]
 
@@ -293,6 +317,8 @@ class MemoryHub:
         for handle in self._expiry.values():
             handle.cancel()
         self._expiry.clear()
+        self._retained.clear()
+        self._retained_bytes = 0
         for log in self._logs.values():
             log.wake()
         self._logs.clear()
