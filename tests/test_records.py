@@ -11,6 +11,7 @@ import pytest
 
 from stagecast.client import AsyncStagecast
 from stagecast.config import ApiKeyConfig
+from stagecast.store.base import RECORD_TEXT_MAX_CHARS
 from tests.conftest import Gateway, GatewayFactory, role
 from tests.peers.fake_upstream import FakeUpstream, Script, error_script, text_script
 from tests.peers.servers import wait_for
@@ -140,3 +141,19 @@ async def test_a_database_outage_never_breaks_streaming(
             for i in range(3):
                 assert wait_record(gw, f"pg-down-{i}")["text"] == f"during {i}"
         assert gw.state.records.dropped == 0
+
+
+async def test_a_runaway_answer_is_streamed_whole_and_recorded_cut(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
+    """A megabyte answer from a fast model server: the client gets all of it (also what came
+    before the relay had taken over the upstream connection), the record keeps the first
+    million characters and says how many it cut."""
+    gw = make_gateway(models={"fake": role(upstream.url)})
+    pieces = [f"{i:04d}" + "x" * 9_996 for i in range(101)]  # 1,010,000 characters
+    upstream.enqueue(text_script(pieces))
+    async with AsyncStagecast(gw.url) as client:
+        _, events = await collect(client, user_prompt="go on", stage_id="r-long")
+    assert text_of(events) == "".join(pieces)  # the client gets every character
+    kept = wait_record(gw, "r-long")
+    assert kept["text"] == "".join(pieces)[:RECORD_TEXT_MAX_CHARS] + "… [+10000 chars]"

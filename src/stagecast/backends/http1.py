@@ -53,6 +53,7 @@ class Connection(asyncio.Protocol):
         "complete",
         "error",
         "headers_done",
+        "held",
         "idle_since",
         "keep_alive",
         "loop",
@@ -81,6 +82,8 @@ class Connection(asyncio.Protocol):
         self.sink: Callable[[bytes], None] | None = None
         self.body: list[bytes] = []
         self._body_size = 0
+        # Reading paused because too much body came before its consumer (see on_body).
+        self.held = False
         self.idle_since = 0.0
         self.reused = False
 
@@ -126,9 +129,19 @@ class Connection(asyncio.Protocol):
             return
         sink = self.sink
         if sink is None:
-            if self._body_size < MAX_BUFFERED_BODY:
-                self.body.append(body)
-                self._body_size += len(body)
+            if self.status >= 400:
+                # An error's body: its first kilobytes are all that is read of it.
+                if self._body_size < MAX_BUFFERED_BODY:
+                    self.body.append(body)
+                    self._body_size += len(body)
+                return
+            # A stream whose consumer is not attached yet: every byte is kept, and past the
+            # bound the socket is not read until the consumer takes what is here.
+            self.body.append(body)
+            self._body_size += len(body)
+            if self._body_size >= MAX_BUFFERED_BODY and not self.held:
+                self.held = True
+                self.pause()
             return
         try:
             sink(body)

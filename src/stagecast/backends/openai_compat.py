@@ -306,6 +306,10 @@ class _ChunkReader:
         conn.sink = self._feed
         for piece in early:
             self._feed(piece)
+        if conn.held:  # the body outran this reader's start: read on
+            conn.held = False
+            if not self._paused:
+                conn.resume()
 
     def __aiter__(self) -> _ChunkReader:
         return self

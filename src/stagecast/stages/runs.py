@@ -22,7 +22,12 @@ from stagecast.hub.base import StreamHub
 from stagecast.protocol.requests import StageRequest
 from stagecast.stages.chat import run_chat
 from stagecast.stages.context import StageContext, StageMode, StageOutcome
-from stagecast.store.base import StageRecord, summarise_request
+from stagecast.store.base import (
+    RECORD_TEXT_MAX_CHARS,
+    StageRecord,
+    summarise_request,
+    truncate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -284,8 +289,10 @@ def stage_record(end: StageEnd) -> StageRecord:
         mode=ctx.mode,
         status=end.status,
         request=summarise_request(ctx.request),
-        text=outcome.text if outcome else "".join(stats.text_parts),
-        reasoning=outcome.reasoning if outcome else "",
+        text=truncate(
+            outcome.text if outcome else "".join(stats.text_parts), RECORD_TEXT_MAX_CHARS
+        ),
+        reasoning=truncate(outcome.reasoning, RECORD_TEXT_MAX_CHARS) if outcome else "",
         tool_calls=(outcome.tool_calls if outcome else None) or [],
         tool_results=(outcome.tool_results if outcome else None) or {},
         usage=outcome.usage if outcome else None,

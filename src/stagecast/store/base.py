@@ -28,6 +28,9 @@ RecordStatus = Literal["done", "cancelled", "error", "running"]
 SUMMARY_MAX_CHARS = 2000
 # Only the last messages of a long conversation go into the summary, for the same reason.
 SUMMARY_MAX_MESSAGES = 20
+# The answer and the reasoning are kept whole up to this many characters (far more than any
+# usual answer); a runaway stream's record is cut here rather than making a row of megabytes.
+RECORD_TEXT_MAX_CHARS = 1_000_000
 
 
 class StoreError(StagecastError):
