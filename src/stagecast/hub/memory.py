@@ -46,9 +46,7 @@ class _Log:
 
     def __init__(self, info: StageInfo) -> None:
         self.info = info
-        # A list while the stage runs; a tuple once it has ended (no appends, and a tuple of
-        # bytes is not traversed by the garbage collector, however long it is kept).
-        self.frames: list[bytes] | tuple[bytes, ...] = []
+        self.frames: list[bytes] = []
         self.nbytes = 0
         self.waiters: list[asyncio.Future[None]] = []
         self.terminal = False
@@ -127,7 +125,7 @@ class MemoryHub:
         if log is None:
             raise StageNotFoundError(f"stage {stage_id!r} is not open")
         frames = log.frames
-        if log.terminal or not isinstance(frames, list):
+        if log.terminal:
             raise StageLimitError(f"stage {stage_id!r} already ended", code="stage_ended")
         status = TERMINAL_STATUS.get(event)
         if status is None and (
@@ -151,7 +149,6 @@ class MemoryHub:
             log.info.status = status
             log.info.finished_at = time.time()
             log.cancel_callbacks.clear()
-            log.frames = tuple(frames)
             self._retain(stage_id, log)
         if log.waiters:
             log.wake()

@@ -185,13 +185,17 @@ class StageManager:
         return outcome
 
     def _ended(self, end: StageEnd) -> None:
-        if self.on_end is None:
-            return
         try:
-            self.on_end(end)
+            if self.on_end is not None:
+                self.on_end(end)
         except Exception:
             # Accounting must never break a stage.
             log.exception("stage end hook failed", extra={"stage_id": end.ctx.stage_id})
+        finally:
+            # The answer's pieces are not needed once the stage is recorded. Freed here, a
+            # long answer's thousands of strings go now, not in whichever collector pass
+            # finds the cancelled run's reference cycles (a pause in other stages' streams).
+            end.ctx.stats.text_parts.clear()
 
     async def _drive(self, run: StageRun) -> None:
         ctx = run.ctx
@@ -289,9 +293,9 @@ def stage_record(end: StageEnd) -> StageRecord:
         mode=ctx.mode,
         status=end.status,
         request=summarise_request(ctx.request),
-        text=truncate(
-            outcome.text if outcome else "".join(stats.text_parts), RECORD_TEXT_MAX_CHARS
-        ),
+        text=truncate(outcome.text, RECORD_TEXT_MAX_CHARS)
+        if outcome
+        else _joined(stats.text_parts, RECORD_TEXT_MAX_CHARS),
         reasoning=truncate(outcome.reasoning, RECORD_TEXT_MAX_CHARS) if outcome else "",
         tool_calls=(outcome.tool_calls if outcome else None) or [],
         tool_results=(outcome.tool_results if outcome else None) or {},
@@ -303,3 +307,15 @@ def stage_record(end: StageEnd) -> StageRecord:
         ),
         finished_at=datetime.now(UTC),
     )
+
+
+def _joined(parts: list[str], max_chars: int) -> str:
+    """``truncate("".join(parts), max_chars)`` without joining what would be cut."""
+    kept = 0
+    for i, part in enumerate(parts):
+        if kept + len(part) > max_chars:
+            head = "".join(parts[:i]) + part[: max_chars - kept]
+            cut = len(part) - (max_chars - kept) + sum(len(p) for p in parts[i + 1 :])
+            return f"{head}… [+{cut} chars]"
+        kept += len(part)
+    return "".join(parts)
