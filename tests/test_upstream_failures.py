@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from tests.peers.fake_upstream import (
     error_script,
     text_script,
 )
-from tests.peers.servers import closed_port_url
+from tests.peers.servers import closed_port_url, wait_for
 from tests.test_chat_stream import assert_protocol, collect, text_of
 
 
@@ -209,3 +210,36 @@ async def test_a_slot_is_given_back_however_the_stream_ended(
         _, events = await collect(client, user_prompt="ok again")
         assert text_of(events) == "last"
     assert len(upstream.chat_requests()) == 6
+
+
+async def test_a_left_stream_leaves_no_upstream_objects_to_the_collector(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
+    """The upstream connection, its parser, reader and watchdog of a stream whose client left
+    are freed by reference counting, not in a later collector pass (a pause for everyone)."""
+    from stagecast.backends.http1 import Connection
+    from stagecast.backends.openai_compat import _ChunkReader, _Watchdog
+
+    gw = make_gateway(models={"fake": role(upstream.url)})
+    upstream.enqueue(stalled(30), stalled(30))
+    gc.collect()
+    gc.disable()
+    try:
+        async with AsyncStagecast(gw.url) as client:
+            for n in range(2):
+                async with client.stream_chat(user_prompt="left", raise_on_error=False) as left:
+                    await anext(aiter(left))
+                    upstream.wait_requests(n + 1)
+        assert wait_for(lambda: gw.state.stages.runs == {}, 10)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        cyclic = [
+            type(o).__name__
+            for o in gc.garbage
+            if isinstance(o, Connection | _ChunkReader | _Watchdog)
+        ]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert cyclic == []

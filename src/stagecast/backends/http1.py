@@ -28,6 +28,10 @@ KEEPALIVE_S = 30.0
 MAX_BUFFERED_BODY = 64 * 1024
 
 
+# What a closed connection holds instead of its parser (no callbacks; never fed).
+_DETACHED_PARSER = httptools.HttpResponseParser(object())
+
+
 class ConnectionLost(Exception):
     """The connection closed before the response was complete."""
 
@@ -116,6 +120,12 @@ class Connection(asyncio.Protocol):
             detail = str(exc) if exc is not None else "server closed the connection"
             self.error = ConnectionLost(detail, before_response=not self.received)
         self.wake()
+        # The transport and the parser both hold this protocol: without the ways back, a
+        # closed connection is freed when its last user lets go, not by a pass of the
+        # garbage collector (a pause for every stream).
+        self.transport = None
+        self.sink = None
+        self._parser = _DETACHED_PARSER
 
     # httptools callbacks
 

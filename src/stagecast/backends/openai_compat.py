@@ -191,6 +191,7 @@ class OpenAICompatBackend:
             reusable = stream.finished
         finally:
             dog.cancel()
+            conn.sink = None  # the connection no longer refers back to this stream's reader
             if reusable:
                 self._pool.release(conn)
             else:
