@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,11 +267,17 @@ class Runner:
         t0 = time.monotonic()
         await self.settle()
         settle_s = time.monotonic() - t0
+        with self.alone(bench):
+            return await self._measure(bench, key, wl, rnd, settle_s)
+
+    @contextlib.contextmanager
+    def alone(self, bench: Bench) -> Iterator[None]:
+        """Every gateway but ``bench``'s frozen (SIGSTOP) for the block, then continued."""
         others = [p for p in self.gateways if p is not bench.proc]
         for proc in others:
             proc.freeze()
         try:
-            return await self._measure(bench, key, wl, rnd, settle_s)
+            yield
         finally:
             for proc in others:
                 proc.thaw()
@@ -497,10 +503,7 @@ class Runner:
         ):
             await self.settle()
             self.log(f"profiling {bench.name} with py-spy: {key} ({wl.streams} streams)")
-            others = [p for p in self.gateways if p is not bench.proc]
-            for proc in others:
-                proc.freeze()
-            try:
+            with self.alone(bench):
                 out[key] = await profile_gateway(
                     PEERS_VENV / "bin" / "py-spy",
                     bench.proc.pid,
@@ -509,9 +512,6 @@ class Runner:
                     self.procs.log_dir / f"profile-{bench.name}-{key}.txt",
                     statistics.median(measured) if measured else None,
                 )
-            finally:
-                for proc in others:
-                    proc.thaw()
         return out
 
     async def _wait_active(self, n: int, *, timeout: float) -> int:

@@ -84,7 +84,8 @@ class _Watchdog:
         )
 
     def progress(self) -> None:
-        """Note a chunk: the next deadline is one idle gap from now."""
+        """Note progress (the readers let the stream go on): the next deadline is one idle
+        gap from now. A chunk does the same by setting ``last`` directly."""
         self.last = _monotonic()
 
     def _check(self) -> None:

@@ -1,8 +1,9 @@
 """In-process StreamHub: the default for a single gateway process.
 
 Frames are encoded once, at append, and kept as bytes; a reader that is behind gets every
-ready frame joined into one write. Appending never waits for readers: a slow reader only
-delays itself.
+ready frame joined into one write. Appending never waits for readers; a run whose slowest
+local reader falls far behind has its upstream read paused instead (``set_flow``). Ended
+stages stay for ``ttl`` seconds, within ``max_retained_bytes``.
 """
 
 from __future__ import annotations

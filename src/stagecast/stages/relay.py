@@ -28,15 +28,17 @@ async def relay(
     process = norm.process
     splice = norm.splice
 
-    def payload(upstream: UpstreamChunk) -> bytes | None:
-        """The event payload for one upstream chunk (None: nothing of it is relayed)."""
-        out = process(upstream)
-        if out is None:
-            return None
+    def envelope(chunk: bytes) -> bytes:
+        """The event payload around one relayed chunk's JSON, counted."""
         if stats.first_token_at is None:
             stats.first_token_at = time.time()
         stats.chunks += 1
-        return prefix + out + b"}"
+        return prefix + chunk + b"}"
+
+    def payload(upstream: UpstreamChunk) -> bytes | None:
+        """The event payload for one upstream chunk (None: nothing of it is relayed)."""
+        out = process(upstream)
+        return None if out is None else envelope(out)
 
     def on_chunk(upstream: UpstreamChunk) -> None:
         data = payload(upstream)
@@ -48,10 +50,7 @@ async def relay(
         out = splice(raw)
         if out is None:
             return False
-        if stats.first_token_at is None:
-            stats.first_token_at = time.time()
-        stats.chunks += 1
-        emit_now(event, prefix + out + b"}")  # type: ignore[misc]
+        emit_now(event, envelope(out))  # type: ignore[misc]
         return True
 
     # Open from the request on, so a cancel during the first-token wait counts as an abort.
