@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 
 from stagecast.client import AsyncStagecast
 from stagecast.config import ApiKeyConfig
-from stagecast.stages.runs import _joined
-from stagecast.store.base import RECORD_TEXT_MAX_CHARS, truncate
+from stagecast.store.base import RECORD_TEXT_MAX_CHARS, truncate, truncate_parts
 from tests.conftest import Gateway, GatewayFactory, role
 from tests.peers.fake_upstream import FakeUpstream, Script, error_script, text_script
 from tests.peers.servers import wait_for
@@ -164,4 +163,4 @@ async def test_a_runaway_answer_is_streamed_whole_and_recorded_cut(
 
 @given(st.lists(st.text(max_size=8), max_size=12), st.integers(0, 60))
 def test_a_cut_record_text_is_joined_only_up_to_the_cut(parts: list[str], limit: int) -> None:
-    assert _joined(parts, limit) == truncate("".join(parts), limit)
+    assert truncate_parts(parts, limit) == truncate("".join(parts), limit)

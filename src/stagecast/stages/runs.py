@@ -27,6 +27,7 @@ from stagecast.store.base import (
     StageRecord,
     summarise_request,
     truncate,
+    truncate_parts,
 )
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,7 @@ class _StageIds:
     __slots__ = ("_at", "_pool")
 
     def __init__(self) -> None:
-        self._pool = b""
-        self._at = 0
+        self.reset()
 
     def reset(self) -> None:
         self._pool = b""
@@ -295,7 +295,7 @@ def stage_record(end: StageEnd) -> StageRecord:
         request=summarise_request(ctx.request),
         text=truncate(outcome.text, RECORD_TEXT_MAX_CHARS)
         if outcome
-        else _joined(stats.text_parts, RECORD_TEXT_MAX_CHARS),
+        else truncate_parts(stats.text_parts, RECORD_TEXT_MAX_CHARS),
         reasoning=truncate(outcome.reasoning, RECORD_TEXT_MAX_CHARS) if outcome else "",
         tool_calls=(outcome.tool_calls if outcome else None) or [],
         tool_results=(outcome.tool_results if outcome else None) or {},
@@ -307,15 +307,3 @@ def stage_record(end: StageEnd) -> StageRecord:
         ),
         finished_at=datetime.now(UTC),
     )
-
-
-def _joined(parts: list[str], max_chars: int) -> str:
-    """``truncate("".join(parts), max_chars)`` without joining what would be cut."""
-    kept = 0
-    for i, part in enumerate(parts):
-        if kept + len(part) > max_chars:
-            head = "".join(parts[:i]) + part[: max_chars - kept]
-            cut = len(part) - (max_chars - kept) + sum(len(p) for p in parts[i + 1 :])
-            return f"{head}… [+{cut} chars]"
-        kept += len(part)
-    return "".join(parts)

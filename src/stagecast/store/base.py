@@ -151,7 +151,22 @@ def truncate(text: str, max_chars: int) -> str:
     """``text`` cut to ``max_chars`` characters, saying how much was cut."""
     if len(text) <= max_chars:
         return text
-    return f"{text[:max_chars]}… [+{len(text) - max_chars} chars]"
+    return _cut(text[:max_chars], len(text) - max_chars)
+
+
+def truncate_parts(parts: list[str], max_chars: int) -> str:
+    """``truncate("".join(parts), max_chars)`` without joining what would be cut."""
+    kept = 0
+    for i, part in enumerate(parts):
+        if kept + len(part) > max_chars:
+            head = "".join(parts[:i]) + part[: max_chars - kept]
+            return _cut(head, len(part) - (max_chars - kept) + sum(map(len, parts[i + 1 :])))
+        kept += len(part)
+    return "".join(parts)
+
+
+def _cut(head: str, cut: int) -> str:
+    return f"{head}… [+{cut} chars]"
 
 
 def encode_cursor(created_at: datetime, stage_id: str) -> str:
