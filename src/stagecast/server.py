@@ -12,6 +12,7 @@ import uvicorn
 
 from stagecast.api.app import create_app
 from stagecast.api.auth import check_exposure
+from stagecast.api.push import PushingHttpToolsProtocol
 from stagecast.config import Settings
 from stagecast.logs import configure_logging
 
@@ -68,13 +69,14 @@ def _level(name: str) -> int:
 
 
 def build_config(settings: Settings) -> uvicorn.Config:
-    """The uvicorn configuration for ``settings`` (uvloop and httptools when present)."""
+    """The uvicorn configuration for ``settings`` (uvloop when present, httptools)."""
     return uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         loop="auto",
-        http="auto",
+        # httptools, plus a synchronous writer for streamed bodies (``stagecast.api.push``).
+        http=PushingHttpToolsProtocol,
         log_level=settings.log_level,
         # Access lines are logged at INFO: below that level, do not even format them.
         access_log=_level(settings.log_level) <= logging.INFO,

@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import uvicorn
 
+from stagecast.api.push import PushingHttpToolsProtocol
+
 
 class ServerThread:
     """A uvicorn server for ``app`` on 127.0.0.1, port 0, in a background thread."""
@@ -27,7 +29,12 @@ class ServerThread:
         self.port: int = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            app, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=3
+            app,
+            log_level="warning",
+            lifespan=lifespan,
+            timeout_graceful_shutdown=3,
+            # The HTTP protocol `stagecast serve` runs, which pushes streamed bodies.
+            http=PushingHttpToolsProtocol,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(

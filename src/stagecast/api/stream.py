@@ -16,7 +16,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from stagecast.api.middleware import RAW_SEND
-from stagecast.hub.base import ReaderLagError, StageNotFoundError, StreamHub
+from stagecast.api.push import PUSH
+from stagecast.hub.base import Push, ReaderLagError, StageNotFoundError, StreamHub
 from stagecast.metrics import Metrics
 from stagecast.protocol.sse import encode_comment
 
@@ -64,6 +65,7 @@ class StageEventStream(Response):
         # After the start (which the middleware stack sees), the body goes to the server
         # directly: nothing in the stack needs to see each event.
         send = scope.get(RAW_SEND, send)
+        push = scope.get(PUSH)
         await self.hub.attach(self.stage_id)
         if self.metrics is not None:
             self.metrics.active_streams.inc()
@@ -85,7 +87,7 @@ class StageEventStream(Response):
         watcher.add_done_callback(on_leave)
         outcome = "gone"
         try:
-            outcome = await self._write(send)
+            outcome = await self._write(send, push)
         except asyncio.CancelledError:
             if not left:
                 raise
@@ -102,10 +104,16 @@ class StageEventStream(Response):
             with contextlib.suppress(OSError):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _write(self, send: Send) -> str:
-        """Relay frames; returns ``ended`` (terminal sent), ``lagged`` or ``gone``."""
+    async def _write(self, send: Send, push: Push | None) -> str:
+        """Relay frames; returns ``ended`` (terminal sent), ``lagged`` or ``gone``.
+
+        Frames are written here, by this task, until the reader has caught up; from then on
+        the hub writes each new frame with ``push`` (when the server offers it), and gives
+        them back to this task only when the connection cannot take them at once.
+        """
+        frames = self.hub.tail(self.stage_id, self.after, heartbeat=self.heartbeat, push=push)
         try:
-            async for batch in self.hub.tail(self.stage_id, self.after, heartbeat=self.heartbeat):
+            async for batch in frames:
                 await send(
                     {"type": "http.response.body", "body": batch or KEEPALIVE, "more_body": True}
                 )

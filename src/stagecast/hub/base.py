@@ -45,6 +45,11 @@ class StageInfo:
     finished_at: float | None = None
 
 
+# Writes one piece of a reader's response now and returns True, or returns False and writes
+# nothing (the reader's connection cannot take it now): see ``stagecast.api.push``.
+Push = Callable[[bytes], bool]
+
+
 class StreamHub(Protocol):
     """Per-stage event logs shared by every connection (and, for Redis, every replica)."""
 
@@ -61,13 +66,21 @@ class StreamHub(Protocol):
         ...
 
     def tail(
-        self, stage_id: str, after: int = 0, *, heartbeat: float | None = None
+        self,
+        stage_id: str,
+        after: int = 0,
+        *,
+        heartbeat: float | None = None,
+        push: Push | None = None,
     ) -> AsyncIterator[bytes]:
         """Encoded SSE frames after sequence ``after``, live, until the terminal frame.
 
         Several ready frames come as one bytes object. An empty bytes object means the
         stream was quiet for ``heartbeat`` seconds. ``StageNotFoundError`` if unknown;
         ``ReaderLagError`` if this reader falls too far behind.
+
+        ``push``, if the hub uses it, writes frames to the reader directly, as they are
+        appended; a hub may ignore it. Frames that ``push`` accepted are not yielded too.
         """
         ...
 

@@ -1,9 +1,11 @@
 """In-process StreamHub: the default for a single gateway process.
 
 Frames are encoded once, at append, and kept as bytes; a reader that is behind gets every
-ready frame joined into one write. Appending never waits for readers; a run whose slowest
-local reader falls far behind has its upstream read paused instead (``set_flow``). Ended
-stages stay for ``ttl`` seconds, within ``max_retained_bytes``.
+ready frame joined into one write. A reader that has caught up and whose server offers
+``push`` is written to from the producer's side, once per loop turn, with no task of its own
+woken (``tail``). Appending never waits for readers; a run whose slowest local reader falls
+far behind has its upstream read paused instead (``set_flow``). Ended stages stay for
+``ttl`` seconds, within ``max_retained_bytes``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from stagecast.errors import StageConflictError, StageLimitError
 from stagecast.hub.base import (
     TERMINAL_STATUS,
+    Push,
     ReaderLagError,
     StageInfo,
     StageNotFoundError,
@@ -35,11 +38,13 @@ class _Log:
     __slots__ = (
         "cancel_callbacks",
         "flow",
+        "flush_pending",
         "frames",
         "info",
         "nbytes",
         "paused",
         "positions",
+        "pushers",
         "readers",
         "terminal",
         "waiters",
@@ -57,6 +62,10 @@ class _Log:
         self.positions: dict[object, int] = {}
         self.flow: tuple[Callable[[], None], Callable[[], None]] | None = None
         self.paused = False
+        # Caught-up readers written to on append (by reader token), and whether a write to
+        # them is already due this loop turn.
+        self.pushers: dict[object, _Pusher] = {}
+        self.flush_pending = False
 
     def backlog(self) -> int:
         """Events the slowest local reader has yet to write (0 without readers)."""
@@ -73,6 +82,50 @@ class _Log:
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
+
+    def flush(self) -> None:
+        """Write the new frames to every pushed reader; a reader whose connection cannot
+        take them now (or that is a whole batch behind) goes back to its own task."""
+        self.flush_pending = False
+        frames = self.frames
+        n = len(frames)
+        stopped: list[object] = []
+        for token, pusher in self.pushers.items():
+            pos = pusher.pos
+            if pos >= n:
+                continue
+            if n - pos <= MAX_BATCH:
+                batch = frames[pos] if n - pos == 1 else b"".join(frames[pos:n])
+                try:
+                    written = pusher.push(batch)
+                except Exception:
+                    written = False
+                if written:
+                    pusher.pos = self.positions[token] = n
+                    continue
+            stopped.append(token)
+        if self.terminal:
+            stopped = list(self.pushers)
+        for token in stopped:
+            self.pushers.pop(token).release()
+        if self.paused:
+            self.check_resume()
+
+
+class _Pusher:
+    """A caught-up reader written to from the producer's side (see ``MemoryHub.tail``)."""
+
+    __slots__ = ("fut", "pos", "push")
+
+    def __init__(self, push: Push, fut: asyncio.Future[None], pos: int) -> None:
+        self.push = push
+        self.fut = fut
+        self.pos = pos
+
+    def release(self) -> None:
+        """Hand the reader back to its task."""
+        if not self.fut.done():
+            self.fut.set_result(None)
 
 
 class MemoryHub:
@@ -153,6 +206,10 @@ class MemoryHub:
             self._retain(stage_id, log)
         if log.waiters:
             log.wake()
+        if log.pushers and not log.flush_pending:
+            # Once per loop turn: the frames of one upstream read go out in one write.
+            log.flush_pending = True
+            self._running_loop().call_soon(log.flush)
         if (
             not seq % FLOW_EVERY
             and log.flow is not None
@@ -211,8 +268,16 @@ class MemoryHub:
             del self._logs[stage_id]
 
     async def tail(
-        self, stage_id: str, after: int = 0, *, heartbeat: float | None = None
+        self,
+        stage_id: str,
+        after: int = 0,
+        *,
+        heartbeat: float | None = None,
+        push: Push | None = None,
     ) -> AsyncIterator[bytes]:
+        """See ``StreamHub.tail``. With ``push``, a reader that has caught up is written to
+        on append, by ``push``, instead of being woken to write; it goes back to yielding
+        frames when ``push`` refuses them (returns False), and only then yields."""
         log = self._logs.get(stage_id)
         if log is None:
             raise StageNotFoundError(f"no stage {stage_id!r} (unknown or expired)")
@@ -249,19 +314,28 @@ class MemoryHub:
                 if log.terminal:
                     return
                 fut: asyncio.Future[None] = loop.create_future()
-                log.waiters.append(fut)
-                if beats is None:
-                    await fut
-                    continue
-                beats.waiting[fut] = loop.time()
-                beats.arm()
+                pusher = None
+                if push is None:
+                    log.waiters.append(fut)
+                else:
+                    pusher = log.pushers[token] = _Pusher(push, fut, pos)
+                if beats is not None:
+                    beats.waiting[fut] = loop.time()
+                    beats.arm()
                 try:
                     await fut
                 finally:
-                    beats.waiting.pop(fut, None)
-                if len(log.frames) == pos and not log.terminal:
+                    if beats is not None:
+                        beats.waiting.pop(fut, None)
+                    if pusher is not None:
+                        log.pushers.pop(token, None)
+                if pusher is not None and pusher.pos != pos:
+                    pos = pusher.pos  # frames were written for this reader: not quiet
+                    continue
+                if beats is not None and len(log.frames) == pos and not log.terminal:
                     yield b""
         finally:
+            log.pushers.pop(token, None)
             del positions[token]
             if log.paused:
                 log.check_resume()
@@ -319,6 +393,9 @@ class MemoryHub:
         self._retained_bytes = 0
         for log in self._logs.values():
             log.wake()
+            for pusher in log.pushers.values():
+                pusher.release()
+            log.pushers.clear()
         self._logs.clear()
 
 

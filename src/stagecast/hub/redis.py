@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 from stagecast.errors import StageConflictError, StageLimitError
 from stagecast.hub.base import (
     TERMINAL_STATUS,
+    Push,
     ReaderLagError,
     StageInfo,
     StageNotFoundError,
@@ -338,7 +339,12 @@ class RedisHub:
         return seq
 
     async def tail(
-        self, stage_id: str, after: int = 0, *, heartbeat: float | None = None
+        self,
+        stage_id: str,
+        after: int = 0,
+        *,
+        heartbeat: float | None = None,
+        push: Push | None = None,
     ) -> AsyncIterator[bytes]:
         """Encoded SSE frames after ``after``, live, until the terminal frame.
 

@@ -3,7 +3,8 @@
 Where both ends allow it (a backend that can push chunks, a hub that appends without
 waiting), each chunk is normalised and appended on the upstream socket read itself: no task
 switch and no coroutine per chunk; a chunk that fits the stream's template is not even parsed
-(``ChunkNormaliser.splice``). The hub then pauses the upstream read while the stage's readers
+(``ChunkNormaliser.splice``), and the in-process hub writes it to the caught-up readers'
+sockets in the same loop turn. The hub pauses the upstream read while the stage's readers
 are far behind. Otherwise the chunks are pulled one by one.
 """
 

@@ -1,0 +1,90 @@
+"""The server's body writer (``stagecast.api.push``) under a real uvicorn, as served."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from typing import Any
+
+from stagecast.api.push import PUSH, PushingHttpToolsProtocol
+from stagecast.client import AsyncStagecast
+from stagecast.config import Settings
+from stagecast.server import build_config
+from tests.conftest import GatewayFactory, no_leaks, role
+from tests.peers.fake_upstream import FakeUpstream, Script, chunk, data, done
+from tests.peers.servers import serve, wait_for
+from tests.test_chat_stream import assert_protocol, collect, text_of
+
+
+class PushProbe:
+    """An ASGI app that writes its body with ``push`` where it can, and notes each answer."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[str, bool]] = []
+        self.released = threading.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        push = scope[PUSH]
+        self.answers.append(("before start", push(b"too early")))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for piece in (b"one", b"two", b"three"):
+            self.answers.append((piece.decode(), push(piece)))
+        await send({"type": "http.response.body", "body": b"four", "more_body": False})
+        self.answers.append(("after the end", push(b"too late")))
+        self.released.set()
+
+
+def test_push_writes_chunks_of_a_started_body_and_nothing_else() -> None:
+    probe = PushProbe()
+    with serve(probe) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            raw = b""
+            while not raw.endswith(b"0\r\n\r\n"):
+                piece = sock.recv(65536)
+                assert piece, raw
+                raw += piece
+        assert probe.released.wait(10)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert body == b"3\r\none\r\n3\r\ntwo\r\n5\r\nthree\r\n4\r\nfour\r\n0\r\n\r\n"
+    assert probe.answers == [
+        ("before start", False),
+        ("one", True),
+        ("two", True),
+        ("three", True),
+        ("after the end", False),
+    ]
+
+
+def test_stagecast_serve_uses_the_pushing_protocol() -> None:
+    settings = Settings(models={"fake": role("http://127.0.0.1:9/v1")})
+    assert build_config(settings).http is PushingHttpToolsProtocol
+
+
+async def test_a_streamed_stage_is_pushed_once_its_reader_has_caught_up(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
+    """While the model is slow, the stage's reader is a pushed one; every event arrives."""
+    gw = make_gateway(models={"fake": role(upstream.url)})
+    steps = data(chunk({"role": "assistant", "content": ""}))
+    for i in range(30):
+        steps += data(chunk({"content": f" w{i}"}), delay=0.02)
+    steps += data(chunk({}, finish="stop")) + done()
+    upstream.enqueue(Script(steps))
+
+    def pushed() -> bool:
+        log = gw.state.hub._logs.get("pushed-stage")
+        return bool(log is not None and log.pushers)
+
+    with no_leaks(gw):
+        async with AsyncStagecast(gw.url) as client:
+            watching = asyncio.ensure_future(asyncio.to_thread(wait_for, pushed, 10, 0.002))
+            stage_id, events = await collect(client, user_prompt="x", stage_id="pushed-stage")
+            assert await watching, "the reader was never pushed to"
+    assert_protocol(events, stage_id)
+    assert events[-1].event == "done"
+    assert text_of(events) == "".join(f" w{i}" for i in range(30))
