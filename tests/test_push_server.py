@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from typing import Any
 
 from stagecast.api.push import PUSH, PushingHttpToolsProtocol
@@ -14,7 +15,7 @@ from stagecast.server import build_config
 from tests.conftest import GatewayFactory, no_leaks, role
 from tests.peers.fake_upstream import FakeUpstream, Script, chunk, data, done
 from tests.peers.servers import serve, wait_for
-from tests.test_chat_stream import assert_protocol, collect, text_of
+from tests.test_chat_stream import assert_protocol, text_of
 
 
 class PushProbe:
@@ -80,11 +81,19 @@ async def test_a_streamed_stage_is_pushed_once_its_reader_has_caught_up(
         log = gw.state.hub._logs.get("pushed-stage")
         return bool(log is not None and log.pushers)
 
+    arrived: list[float] = []
+    events = []
     with no_leaks(gw):
         async with AsyncStagecast(gw.url) as client:
             watching = asyncio.ensure_future(asyncio.to_thread(wait_for, pushed, 10, 0.002))
-            stage_id, events = await collect(client, user_prompt="x", stage_id="pushed-stage")
+            async with client.stream_chat(user_prompt="x", stage_id="pushed-stage") as stream:
+                async for event in stream:
+                    events.append(event)
+                    arrived.append(time.monotonic())
             assert await watching, "the reader was never pushed to"
-    assert_protocol(events, stage_id)
+    assert_protocol(events, "pushed-stage")
     assert events[-1].event == "done"
     assert text_of(events) == "".join(f" w{i}" for i in range(30))
+    # Each chunk went out as it was read, not when the stream ended: the model took at least
+    # 30 x 20 ms, and so did the events' arrival.
+    assert arrived[-1] - arrived[1] >= 0.4

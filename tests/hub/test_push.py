@@ -11,7 +11,7 @@ import pytest
 
 from stagecast.hub import MemoryHub, StreamHub
 from stagecast.protocol.sse import SSEDecoder
-from tests.hub.test_hub_contract import WAIT, HubFactory, fill, ids
+from tests.hub.test_hub_contract import WAIT, HubFactory, fill, ids, payload
 from tests.hub.test_hub_contract import make_hub as make_hub  # the fixture, for both hubs
 
 # Which pushes a reader's connection takes: by the number of the push call (from 0).
@@ -135,4 +135,30 @@ async def test_a_pushed_reader_gets_heartbeats_only_when_quiet() -> None:
     # Mostly pushed (a frame that came as the heartbeat woke the reader is written by it).
     assert ids(SSEDecoder().feed(b"".join(reader.received))) == list(range(1, 41))
     assert len(reader.pushed) >= 30
+    await hub.aclose()
+
+
+async def test_a_producer_that_holds_the_flush_sends_each_read_at_its_end() -> None:
+    """While held, appended frames reach pushed readers only when the producer flushes (at
+    the end of a socket read); letting go sends what is due at once."""
+    hub = MemoryHub()
+    await hub.open("s1", owner="runner", meta={})
+    reader = Reader(PATTERNS["takes every push"])
+    task = asyncio.ensure_future(reader.read(hub, "s1"))
+    await asyncio.sleep(0.01)
+    flush = hub.hold_flush("s1", True)
+    assert flush is not None
+    for i in range(1, 4):  # one "read" of three events
+        hub.append_nowait("s1", "chunk", payload("s1", i))
+    await asyncio.sleep(0.01)
+    assert reader.pushed == []  # held: nothing went out in a later loop turn
+    flush()
+    assert ids(SSEDecoder().feed(b"".join(reader.pushed))) == [1, 2, 3]
+    assert len(reader.pushed) == 1
+    hub.append_nowait("s1", "chunk", payload("s1", 4))
+    assert hub.hold_flush("s1", False) is None  # let go: what is due goes now
+    assert ids(SSEDecoder().feed(reader.pushed[-1])) == [4]
+    await hub.append("s1", "done", b"{}")
+    await asyncio.wait_for(task, WAIT)
+    assert ids(SSEDecoder().feed(b"".join(reader.received))) == [1, 2, 3, 4, 5]
     await hub.aclose()

@@ -1,8 +1,11 @@
 """The streaming response: a pure ASGI app that tails a stage's log onto the socket.
 
 No ``BaseHTTPMiddleware`` and no per-chunk framework work: frames are already encoded in the
-hub, several ready frames go out in one write from the request's own task, and a second task
-only listens for the client leaving. When the last reader of a stage leaves and the stage's
+hub, and several ready frames go out in one write. Until the reader has caught up, the
+request's own task writes them; from then on, under ``stagecast serve``, the in-process hub
+writes new frames with the server's ``push`` in the loop turn they were made, and hands them
+back to this task only when the socket cannot take them. A second task only listens for the
+client leaving. When the last reader of a stage leaves and the stage's
 policy is ``on_disconnect = "cancel"``, the run is cancelled (on whichever replica owns it).
 """
 

@@ -52,6 +52,7 @@ class Connection(asyncio.Protocol):
         "_parser",
         "_pool",
         "_waiter",
+        "after_read",
         "body",
         "closed",
         "complete",
@@ -84,6 +85,8 @@ class Connection(asyncio.Protocol):
         self.error: BaseException | None = None
         # Where body bytes go; until a consumer is set they are kept (bounded) in ``body``.
         self.sink: Callable[[bytes], None] | None = None
+        # Called after every read whose body went to ``sink`` (the consumer's end of a read).
+        self.after_read: Callable[[], None] | None = None
         self.body: list[bytes] = []
         self._body_size = 0
         # Reading paused because too much body came before its consumer (see on_body).
@@ -109,6 +112,9 @@ class Connection(asyncio.Protocol):
             self.wake()
         elif self.complete:
             self.wake()
+        after = self.after_read
+        if after is not None:
+            after()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport: one response per connection at a time
@@ -125,6 +131,7 @@ class Connection(asyncio.Protocol):
         # garbage collector (a pause for every stream).
         self.transport = None
         self.sink = None
+        self.after_read = None
         self._parser = _DETACHED_PARSER
 
     # httptools callbacks

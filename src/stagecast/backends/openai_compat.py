@@ -357,26 +357,33 @@ class _ChunkReader:
         self,
         handler: Callable[[UpstreamChunk], None],
         splice: Callable[[bytes], bool] | None = None,
+        flush: Callable[[], None] | None = None,
     ) -> None:
         """Run ``handler`` on every chunk as it arrives, until the stream ends.
 
         ``splice``, if given, sees each chunk's bytes first, unparsed; when it returns True
         it has relayed the chunk, and the chunk is neither parsed nor handed to ``handler``.
+        ``flush``, if given, runs at the end of every socket read that brought body.
         ``handler``'s and ``splice``'s exceptions end the stream and are raised here.
         """
         ready = self._ready
         while ready:
             item = ready.pop(0)
             if item is None:
+                if flush is not None:
+                    flush()
                 await self._drain()
                 return
             handler(item)
+        if flush is not None:
+            flush()
         if self._paused:
             self._paused = False
             self._conn.resume()
         self._handler = handler
         self._splice = splice
         conn = self._conn
+        conn.after_read = flush
         try:
             while not self.finished:
                 self._raise_if_cut()
@@ -384,6 +391,7 @@ class _ChunkReader:
         finally:
             self._handler = None
             self._splice = None
+            conn.after_read = None
         await self._drain()
 
     def _feed(self, piece: bytes) -> None:

@@ -223,16 +223,22 @@ class _Prepended:
         self,
         handler: Callable[[UpstreamChunk], None],
         splice: Callable[[bytes], bool] | None = None,
+        flush: Callable[[], None] | None = None,
     ) -> None:
         """Run ``handler`` on every chunk, on the read itself where the backend can (and
-        offer each chunk's bytes to ``splice`` first, where the backend reads bytes)."""
+        offer each chunk's bytes to ``splice`` first, where the backend reads bytes);
+        ``flush`` after each read's chunks."""
         first = self._first
         if first is not None:
             self._first = None
             handler(first)
+            if flush is not None:
+                flush()
         pump = getattr(self._rest, "pump", None)
         if pump is not None:
-            await pump(handler, splice)
+            await pump(handler, splice, flush)
             return
         async for chunk in self._rest:
             handler(chunk)
+            if flush is not None:
+                flush()

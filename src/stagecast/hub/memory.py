@@ -38,6 +38,7 @@ class _Log:
     __slots__ = (
         "cancel_callbacks",
         "flow",
+        "flush_held",
         "flush_pending",
         "frames",
         "info",
@@ -66,6 +67,8 @@ class _Log:
         # them is already due this loop turn.
         self.pushers: dict[object, _Pusher] = {}
         self.flush_pending = False
+        # The producer flushes at the end of each of its reads (``MemoryHub.hold_flush``).
+        self.flush_held = False
 
     def backlog(self) -> int:
         """Events the slowest local reader has yet to write (0 without readers)."""
@@ -82,6 +85,11 @@ class _Log:
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
+
+    def flush_now(self) -> None:
+        """Write what is due to the pushed readers, if anything is."""
+        if self.flush_pending:
+            self.flush()
 
     def flush(self) -> None:
         """Write the new frames to every pushed reader; a reader whose connection cannot
@@ -207,9 +215,11 @@ class MemoryHub:
         if log.waiters:
             log.wake()
         if log.pushers and not log.flush_pending:
-            # Once per loop turn: the frames of one upstream read go out in one write.
+            # Once per upstream read (the producer flushes) or else once per loop turn: the
+            # frames of one read go out in one write.
             log.flush_pending = True
-            self._running_loop().call_soon(log.flush)
+            if not log.flush_held:
+                self._running_loop().call_soon(log.flush)
         if (
             not seq % FLOW_EVERY
             and log.flow is not None
@@ -244,6 +254,20 @@ class MemoryHub:
             log.flow[1]()
         log.paused = False
         log.flow = flow
+
+    def hold_flush(self, stage_id: str, held: bool) -> Callable[[], None] | None:
+        """With ``held``, frames appended to the stage reach its pushed readers when the
+        returned function is called, not in a later loop turn: a producer that appends on
+        its socket reads calls it at the end of each read, so the frames go out in the turn
+        they came in. Without, anything due goes out now and flushing is the hub's again."""
+        log = self._logs.get(stage_id)
+        if log is None:
+            return None
+        log.flush_held = held
+        if held:
+            return log.flush_now
+        log.flush_now()
+        return None
 
     def _retain(self, stage_id: str, log: _Log) -> None:
         """Keep an ended stage for replay: for ``ttl``, or until newer ones need the room."""

@@ -16,6 +16,7 @@ StageMode = Literal["chat", "toolchain"]
 Emit = Callable[[str, bytes], Awaitable[object]]
 EmitNow = Callable[[str, bytes], object]
 SetFlow = Callable[[tuple[Callable[[], None], Callable[[], None]] | None], None]
+HoldFlush = Callable[[bool], Callable[[], None] | None]
 
 
 @dataclass(slots=True)
@@ -54,6 +55,7 @@ class StageContext:
     __slots__ = (
         "emit",
         "emit_nowait",
+        "hold_flush",
         "mode",
         "owner",
         "request",
@@ -87,6 +89,10 @@ class StageContext:
         self.emit_nowait: EmitNow | None = None
         # Set with ``emit_nowait``: hands the hub the producer's (pause, resume) pair.
         self.set_flow: SetFlow | None = None
+        # Set with ``emit_nowait``: ``hold_flush(True)`` returns a flush that the producer
+        # calls at the end of each socket read (the read's frames then go to pushed readers
+        # at once); ``hold_flush(False)`` ends that.
+        self.hold_flush: HoldFlush | None = None
         self.stats = StageStats()
         # The stage id as JSON, spliced into every payload without re-encoding it.
         # A copy: orjson's own result keeps a 4 KiB buffer alive for as long as it is held.

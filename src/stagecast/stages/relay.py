@@ -3,9 +3,9 @@
 Where both ends allow it (a backend that can push chunks, a hub that appends without
 waiting), each chunk is normalised and appended on the upstream socket read itself: no task
 switch and no coroutine per chunk; a chunk that fits the stream's template is not even parsed
-(``ChunkNormaliser.splice``), and the in-process hub writes it to the caught-up readers'
-sockets in the same loop turn. The hub pauses the upstream read while the stage's readers
-are far behind. Otherwise the chunks are pulled one by one.
+(``ChunkNormaliser.splice``), and the in-process hub writes what one read brought to the
+caught-up readers' sockets at the end of that read. The hub pauses the upstream read while
+the stage's readers are far behind. Otherwise the chunks are pulled one by one.
 """
 
 from __future__ import annotations
@@ -64,9 +64,13 @@ async def relay(
                 set_flow = ctx.set_flow if flow is not None else None
                 if set_flow is not None:
                     set_flow(flow())  # type: ignore[misc]
+                hold_flush = ctx.hold_flush
+                flush = hold_flush(True) if hold_flush is not None else None
                 try:
-                    await pump(on_chunk, on_bytes)
+                    await pump(on_chunk, on_bytes, flush)
                 finally:
+                    if hold_flush is not None:
+                        hold_flush(False)
                     if set_flow is not None:
                         set_flow(None)
                 return

@@ -158,6 +158,9 @@ class StageManager:
         set_flow = getattr(hub, "set_flow", None)
         if set_flow is not None:
             ctx.set_flow = functools.partial(set_flow, stage_id)
+        hold_flush = getattr(hub, "hold_flush", None)
+        if hold_flush is not None:
+            ctx.hold_flush = functools.partial(hold_flush, stage_id)
         run = StageRun(ctx)
         self.runs[stage_id] = run
         hub.on_cancel(stage_id, lambda: run.cancel("client"))
