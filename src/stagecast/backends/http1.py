@@ -85,7 +85,7 @@ class Connection(asyncio.Protocol):
         self.error: BaseException | None = None
         # Where body bytes go; until a consumer is set they are kept (bounded) in ``body``.
         self.sink: Callable[[bytes], None] | None = None
-        # Called after every read whose body went to ``sink`` (the consumer's end of a read).
+        # While set, called at the end of every read (the consumer's end of a read).
         self.after_read: Callable[[], None] | None = None
         self.body: list[bytes] = []
         self._body_size = 0

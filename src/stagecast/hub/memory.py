@@ -2,10 +2,11 @@
 
 Frames are encoded once, at append, and kept as bytes; a reader that is behind gets every
 ready frame joined into one write. A reader that has caught up and whose server offers
-``push`` is written to from the producer's side, once per loop turn, with no task of its own
-woken (``tail``). Appending never waits for readers; a run whose slowest local reader falls
-far behind has its upstream read paused instead (``set_flow``). Ended stages stay for
-``ttl`` seconds, within ``max_retained_bytes``.
+``push`` is written to from the producer's side, with no task of its own woken (``tail``):
+once per upstream read when the producer flushes (``hold_flush``), else once per loop turn.
+Appending never waits for readers; a run whose slowest local reader falls far behind has its
+upstream read paused instead (``set_flow``). Ended stages stay for ``ttl`` seconds, within
+``max_retained_bytes``.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ class _Log:
         self.positions: dict[object, int] = {}
         self.flow: tuple[Callable[[], None], Callable[[], None]] | None = None
         self.paused = False
-        # Caught-up readers written to on append (by reader token), and whether a write to
-        # them is already due this loop turn.
+        # Caught-up readers written to on append (by reader token), and whether frames are
+        # waiting to be written to them.
         self.pushers: dict[object, _Pusher] = {}
         self.flush_pending = False
         # The producer flushes at the end of each of its reads (``MemoryHub.hold_flush``).
