@@ -212,32 +212,36 @@ async def test_a_slot_is_given_back_however_the_stream_ended(
     assert len(upstream.chat_requests()) == 6
 
 
-async def test_a_left_stream_leaves_no_upstream_objects_to_the_collector(
+async def test_streams_leave_no_connection_objects_to_the_collector(
     make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
-    """The upstream connection, its parser, reader and watchdog of a stream whose client left
-    are freed by reference counting, not in a later collector pass (a pause for everyone)."""
+    """What a stream used on both sides (the upstream connection, its parser, reader and
+    watchdog; the client's request cycle and its writer) is freed by reference counting when
+    the stream ends or its client leaves, not in a later collector pass (a pause for
+    everyone)."""
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    from stagecast.api.push import _BodyPush
     from stagecast.backends.http1 import Connection
     from stagecast.backends.openai_compat import _ChunkReader, _Watchdog
 
+    watched = (Connection, _ChunkReader, _Watchdog, RequestResponseCycle, _BodyPush)
     gw = make_gateway(models={"fake": role(upstream.url)})
-    upstream.enqueue(stalled(30), stalled(30))
+    upstream.enqueue(text_script(["whole"]), stalled(30), stalled(30))
     gc.collect()
     gc.disable()
     try:
         async with AsyncStagecast(gw.url) as client:
+            _, events = await collect(client, user_prompt="ends")
+            assert text_of(events) == "whole"
             for n in range(2):
                 async with client.stream_chat(user_prompt="left", raise_on_error=False) as left:
                     await anext(aiter(left))
-                    upstream.wait_requests(n + 1)
+                    upstream.wait_requests(n + 2)
         assert wait_for(lambda: gw.state.stages.runs == {}, 10)
         gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()
-        cyclic = [
-            type(o).__name__
-            for o in gc.garbage
-            if isinstance(o, Connection | _ChunkReader | _Watchdog)
-        ]
+        cyclic = sorted(type(o).__name__ for o in gc.garbage if isinstance(o, watched))
     finally:
         gc.set_debug(0)
         gc.garbage.clear()

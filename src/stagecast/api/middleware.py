@@ -71,6 +71,9 @@ class RequestContext:
 
             await self.app(scope, receive, send_with_id)
         finally:
+            # The server's send is bound to its request cycle, which holds this scope: left
+            # here, the two would make a cycle that only a collector pass frees.
+            scope.pop(RAW_SEND, None)
             request_id.reset(token)
 
     async def _read_bounded(self, receive: Receive) -> list[Message] | None:
