@@ -42,6 +42,7 @@ class _Log:
         "flush_held",
         "flush_pending",
         "frames",
+        "hub",
         "info",
         "nbytes",
         "paused",
@@ -52,8 +53,10 @@ class _Log:
         "waiters",
     )
 
-    def __init__(self, info: StageInfo) -> None:
+    def __init__(self, info: StageInfo, hub: MemoryHub) -> None:
         self.info = info
+        # For its bounds and retention when the stage ends.
+        self.hub = hub
         self.frames: list[bytes] = []
         self.nbytes = 0
         self.waiters: list[asyncio.Future[None]] = []
@@ -70,6 +73,54 @@ class _Log:
         self.flush_pending = False
         # The producer flushes at the end of each of its reads (``MemoryHub.hold_flush``).
         self.flush_held = False
+
+    def append(self, event: str, data: bytes) -> int:
+        """Append one event (see ``MemoryHub.append_nowait``); returns its sequence number."""
+        hub = self.hub
+        frames = self.frames
+        if self.terminal:
+            raise StageLimitError(f"stage {self.info.stage_id!r} already ended", code="stage_ended")
+        status = TERMINAL_STATUS.get(event)
+        if status is None and (
+            len(frames) >= hub.max_events or self.nbytes + len(data) > hub.max_bytes
+        ):
+            raise StageLimitError(
+                f"stage {self.info.stage_id!r} exceeded its bounds of {hub.max_events} events "
+                f"or {hub.max_bytes} bytes"
+            )
+        seq = len(frames) + 1
+        # Byte values, not one-byte strings: ``in`` then is one memchr.
+        if seq == 1 or 10 in data or 13 in data:
+            frame = encode_frame(event, data, id=seq, retry=hub.retry_ms if seq == 1 else None)
+        else:
+            # The common frame in one formatting step (same bytes as encode_frame).
+            frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, event.encode(), data)
+        frames.append(frame)
+        self.nbytes += len(frame)
+        self.info.last_seq = seq
+        if status is not None:
+            self.terminal = True
+            self.info.status = status
+            self.info.finished_at = time.time()
+            self.cancel_callbacks.clear()
+            hub._retain(self.info.stage_id, self)
+        if self.waiters:
+            self.wake()
+        if self.pushers and not self.flush_pending:
+            # Once per upstream read (the producer flushes) or else once per loop turn: the
+            # frames of one read go out in one write.
+            self.flush_pending = True
+            if not self.flush_held:
+                hub._running_loop().call_soon(self.flush)
+        if (
+            not seq % FLOW_EVERY
+            and self.flow is not None
+            and not self.paused
+            and self.backlog() > FLOW_PAUSE
+        ):
+            self.paused = True
+            self.flow[0]()
+        return seq
 
     def backlog(self) -> int:
         """Events the slowest local reader has yet to write (0 without readers)."""
@@ -177,7 +228,7 @@ class MemoryHub:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         info = StageInfo(stage_id, "running", 0, owner, dict(meta), time.time())
-        self._logs[stage_id] = _Log(info)
+        self._logs[stage_id] = _Log(info, self)
 
     async def append(self, stage_id: str, event: str, data: bytes) -> int:
         return self.append_nowait(stage_id, event, data)
@@ -187,49 +238,15 @@ class MemoryHub:
         log = self._logs.get(stage_id)
         if log is None:
             raise StageNotFoundError(f"stage {stage_id!r} is not open")
-        frames = log.frames
-        if log.terminal:
-            raise StageLimitError(f"stage {stage_id!r} already ended", code="stage_ended")
-        status = TERMINAL_STATUS.get(event)
-        if status is None and (
-            len(frames) >= self.max_events or log.nbytes + len(data) > self.max_bytes
-        ):
-            raise StageLimitError(
-                f"stage {stage_id!r} exceeded its bounds of {self.max_events} events or "
-                f"{self.max_bytes} bytes"
-            )
-        seq = len(frames) + 1
-        if seq == 1 or b"\n" in data or b"\r" in data:
-            frame = encode_frame(event, data, id=seq, retry=self.retry_ms if seq == 1 else None)
-        else:
-            # The common frame in one formatting step (same bytes as encode_frame).
-            frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, event.encode(), data)
-        frames.append(frame)
-        log.nbytes += len(frame)
-        log.info.last_seq = seq
-        if status is not None:
-            log.terminal = True
-            log.info.status = status
-            log.info.finished_at = time.time()
-            log.cancel_callbacks.clear()
-            self._retain(stage_id, log)
-        if log.waiters:
-            log.wake()
-        if log.pushers and not log.flush_pending:
-            # Once per upstream read (the producer flushes) or else once per loop turn: the
-            # frames of one read go out in one write.
-            log.flush_pending = True
-            if not log.flush_held:
-                self._running_loop().call_soon(log.flush)
-        if (
-            not seq % FLOW_EVERY
-            and log.flow is not None
-            and not log.paused
-            and log.backlog() > FLOW_PAUSE
-        ):
-            log.paused = True
-            log.flow[0]()
-        return seq
+        return log.append(event, data)
+
+    def appender(self, stage_id: str) -> Callable[[str, bytes], int]:
+        """``append_nowait`` of one stage, bound to its log (no lookup per event): for the
+        stage's producer, which appends until the stage's terminal event."""
+        log = self._logs.get(stage_id)
+        if log is None:
+            raise StageNotFoundError(f"stage {stage_id!r} is not open")
+        return log.append
 
     def _heartbeats(self, loop: asyncio.AbstractEventLoop, interval: float) -> _Heartbeats:
         beats = self._beats.get(interval)

@@ -23,7 +23,8 @@ def encode_frame(
     parts.append(b"event: %s\n" % event.encode())
     if retry:
         parts.append(b"retry: %d\n" % retry)
-    if b"\n" in data or b"\r" in data:
+    # Byte values, not one-byte strings: ``in`` then is one memchr.
+    if 10 in data or 13 in data:
         for line in data.splitlines():
             parts.append(b"data: %s\n" % line)
     else:

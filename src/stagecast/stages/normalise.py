@@ -11,7 +11,6 @@ control character, no ``<``) is relayed without being parsed at all (``splice``)
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -29,7 +28,12 @@ DeltaHook = Callable[[dict[str, Any], dict[str, Any]], bool]
 _REQUIRED = ("id", "object", "created", "model", "choices")
 # What a JSON string may not hold to be spliced: escapes, quotes, control characters, and the
 # ``<`` that may open a reasoning tag.
-_NOT_PLAIN = re.compile(rb'[\x00-\x1f"\\<]')
+_NOT_PLAIN = bytes(range(32)) + b'"\\<'
+
+
+def _plain(text: bytes) -> bool:
+    """True if ``text`` holds none of ``_NOT_PLAIN`` (deleting them leaves it as long)."""
+    return len(text.translate(None, _NOT_PLAIN)) == len(text)
 
 
 class ChunkNormaliser:
@@ -88,7 +92,7 @@ class ChunkNormaliser:
         if not head or not raw.startswith(head) or not raw.endswith(self._tail):
             return None
         text = raw[len(head) : len(raw) - len(self._tail)]
-        if not text or _NOT_PLAIN.search(text) is not None:
+        if not text or len(text.translate(None, _NOT_PLAIN)) != len(text):  # _plain, inline
             return None
         if self._inline_open or not self._splitter.idle():
             return None  # the text ends a <think> block, or may continue a tag
@@ -102,7 +106,7 @@ class ChunkNormaliser:
     def process(self, chunk: UpstreamChunk) -> bytes | None:
         """Normalise one chunk; returns the JSON to relay, or None if nothing is left of it."""
         data = chunk.data
-        changed = chunk.raw is None or b"\n" in chunk.raw
+        changed = chunk.raw is None or 10 in chunk.raw
         for key in _REQUIRED:
             if key not in data or data[key] is None:
                 changed = True
@@ -143,7 +147,7 @@ class ChunkNormaliser:
         if len(delta) != 1 or not isinstance(text, str) or not text or choice.get("finish_reason"):
             return
         quoted = orjson.dumps(text)
-        if _NOT_PLAIN.search(quoted, 1, len(quoted) - 1) is not None or raw.count(quoted) != 1:
+        if not _plain(quoted[1:-1]) or raw.count(quoted) != 1:
             return
         at = raw.index(quoted) + 1
         head, tail = raw[:at], raw[at + len(quoted) - 2 :]

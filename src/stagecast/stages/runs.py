@@ -152,9 +152,10 @@ class StageManager:
         stage_id = ctx.stage_id
         # The hub's own append, bound: no wrapper coroutine per event.
         ctx.emit = functools.partial(hub.append, stage_id)
-        append_nowait = getattr(hub, "append_nowait", None)
-        if append_nowait is not None:
-            ctx.emit_nowait = functools.partial(append_nowait, stage_id)
+        appender = getattr(hub, "appender", None)
+        if appender is not None:
+            # The stage's own log's append: no lookup per event.
+            ctx.emit_nowait = appender(stage_id)
         set_flow = getattr(hub, "set_flow", None)
         if set_flow is not None:
             ctx.set_flow = functools.partial(set_flow, stage_id)
