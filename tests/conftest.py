@@ -87,14 +87,15 @@ GatewayFactory = Callable[..., Gateway]
 
 @pytest.fixture
 def make_gateway(tmp_path: Path) -> Iterator[GatewayFactory]:
-    """Start gateways: ``make_gateway(models={...}, heartbeat_interval=...)``."""
+    """Start gateways: ``make_gateway(models={...}, heartbeat_interval=...)``; ``http=`` serves
+    one with another uvicorn HTTP protocol than ``stagecast serve``'s."""
     with ExitStack() as stack:
 
-        def factory(**settings: Any) -> Gateway:
+        def factory(*, http: Any = None, **settings: Any) -> Gateway:
             # Stage records go to a file of this test, never to the working directory.
             settings.setdefault("database_path", str(tmp_path / f"records-{uuid.uuid4().hex}.db"))
             app = create_app(Settings(**settings))
-            server = stack.enter_context(serve(app))
+            server = stack.enter_context(serve(app, http=http))
             return Gateway(server, app)
 
         yield factory

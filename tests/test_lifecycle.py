@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from stagecast.client import AsyncStagecast, StagecastHTTPError
 from stagecast.protocol.sse import SSEDecoder
@@ -28,9 +29,24 @@ async def read_frames(response: httpx.Response, n: int) -> list[Any]:
     return events
 
 
+# The server's writer tells a streaming response that its client left (``stagecast serve``);
+# under any other server a task of the response listens on ``receive`` for it.
+SERVERS = pytest.mark.parametrize("http", ["pushing", "plain"])
+
+
+def served(make_gateway: GatewayFactory, upstream: FakeUpstream, http: str) -> Gateway:
+    """A gateway for the fake upstream, under ``stagecast serve``'s protocol or uvicorn's."""
+    protocol = HttpToolsProtocol if http == "plain" else None
+    # No first-token timeout within the tests' waits: only the client leaving closes upstream.
+    fake = role(upstream.url, first_token_timeout=60.0)
+    return make_gateway(http=protocol, models={"fake": fake})
+
+
+@SERVERS
 async def test_client_disconnect_mid_stream_closes_upstream(
-    gateway: Gateway, upstream: FakeUpstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream, http: str
 ) -> None:
+    gateway = served(make_gateway, upstream, http)
     upstream.enqueue(text_script(WORDS, pace=0.1))
     with no_leaks(gateway):
         async with httpx.AsyncClient(base_url=gateway.url) as http:
@@ -40,9 +56,11 @@ async def test_client_disconnect_mid_stream_closes_upstream(
     assert record.finished_at is None
 
 
+@SERVERS
 async def test_client_disconnect_while_waiting_for_first_token(
-    gateway: Gateway, upstream: FakeUpstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream, http: str
 ) -> None:
+    gateway = served(make_gateway, upstream, http)
     upstream.enqueue(Script(delay_headers=30))
     with no_leaks(gateway):
         async with httpx.AsyncClient(base_url=gateway.url) as http:

@@ -61,6 +61,52 @@ def test_push_writes_chunks_of_a_started_body_and_nothing_else() -> None:
     ]
 
 
+class CloseProbe:
+    """An ASGI app that watches for its client leaving through the writer, and notes it."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.first_watch: bool | None = None
+        self.late_watch: bool | None = None
+        self.noticed = threading.Event()
+        self.go_on = threading.Event()
+        self.released = threading.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        push = scope[PUSH]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        self.first_watch = push.watch_close(self.on_close)
+        push(b"first")
+        await asyncio.to_thread(self.go_on.wait, 10)
+        # The client is gone by now: a new watch is refused, not left waiting forever.
+        self.late_watch = push.watch_close(self.on_close)
+        self.released.set()
+
+    def on_close(self) -> None:
+        self.calls.append("closed")
+        self.noticed.set()
+
+
+def test_the_writer_tells_its_response_once_when_the_client_leaves() -> None:
+    probe = CloseProbe()
+    with serve(probe) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            raw = b""
+            while b"first" not in raw:
+                piece = sock.recv(65536)
+                assert piece, raw
+                raw += piece
+        assert probe.noticed.wait(10), "the client's leaving was not reported"
+        probe.go_on.set()
+        assert probe.released.wait(10)
+    assert probe.first_watch is True
+    assert probe.late_watch is False
+    assert probe.calls == ["closed"]
+
+
 def test_stagecast_serve_uses_the_pushing_protocol() -> None:
     settings = Settings(models={"fake": role("http://127.0.0.1:9/v1")})
     assert build_config(settings).http is PushingHttpToolsProtocol

@@ -221,11 +221,11 @@ async def test_streams_leave_no_connection_objects_to_the_collector(
     everyone)."""
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-    from stagecast.api.push import _BodyPush
+    from stagecast.api.push import BodyPush
     from stagecast.backends.http1 import Connection
     from stagecast.backends.openai_compat import _ChunkReader, _Watchdog
 
-    watched = (Connection, _ChunkReader, _Watchdog, RequestResponseCycle, _BodyPush)
+    watched = (Connection, _ChunkReader, _Watchdog, RequestResponseCycle, BodyPush)
     gw = make_gateway(models={"fake": role(upstream.url)})
     upstream.enqueue(text_script(["whole"]), stalled(30), stalled(30))
     gc.collect()

@@ -22,7 +22,7 @@ from stagecast.api.push import PushingHttpToolsProtocol
 class ServerThread:
     """A uvicorn server for ``app`` on 127.0.0.1, port 0, in a background thread."""
 
-    def __init__(self, app: Any, *, lifespan: str = "on") -> None:
+    def __init__(self, app: Any, *, lifespan: str = "on", http: Any = None) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -33,8 +33,8 @@ class ServerThread:
             log_level="warning",
             lifespan=lifespan,
             timeout_graceful_shutdown=3,
-            # The HTTP protocol `stagecast serve` runs, which pushes streamed bodies.
-            http=PushingHttpToolsProtocol,
+            # By default the HTTP protocol `stagecast serve` runs, which pushes streamed bodies.
+            http=http or PushingHttpToolsProtocol,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
@@ -58,9 +58,9 @@ class ServerThread:
 
 
 @contextmanager
-def serve(app: Any, *, lifespan: str = "on") -> Iterator[ServerThread]:
-    """Serve ``app`` for the duration of the block."""
-    server = ServerThread(app, lifespan=lifespan)
+def serve(app: Any, *, lifespan: str = "on", http: Any = None) -> Iterator[ServerThread]:
+    """Serve ``app`` for the duration of the block (``http``: another uvicorn protocol)."""
+    server = ServerThread(app, lifespan=lifespan, http=http)
     server.start()
     try:
         yield server

@@ -11,11 +11,15 @@ gone, the response is over, or the socket's buffer is full). The caller then fal
 
 Only streamed bodies are pushed: the writer works only once the response has started with
 chunked transfer encoding.
+
+The writer also tells its response when the client leaves (``watch_close``): a streaming
+response then needs no task of its own waiting on ``receive`` for the disconnect.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -23,14 +27,30 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 PUSH = "stagecast.push"
 
 
-class _BodyPush:
+class BodyPush:
     """``push`` for one request: a chunk of the body written now, or False."""
 
-    __slots__ = ("_cycle",)
+    __slots__ = ("_cycle", "_on_close")
 
     def __init__(self, cycle: RequestResponseCycle) -> None:
         # Weak: the cycle owns the scope that holds this writer.
         self._cycle = weakref.ref(cycle)
+        self._on_close: Callable[[], None] | None = None
+
+    def watch_close(self, callback: Callable[[], None] | None) -> bool:
+        """Call ``callback`` once if the client's connection closes before the response is
+        complete (``None`` stops watching). False, and nothing watched, if it is gone
+        already: then the caller must treat the client as gone now."""
+        cycle = self._cycle()
+        if callback is not None and (cycle is None or cycle.disconnected):
+            return False
+        self._on_close = callback
+        return True
+
+    def _closed(self) -> None:
+        callback, self._on_close = self._on_close, None
+        if callback is not None:
+            callback()
 
     def __call__(self, body: bytes) -> bool:
         cycle = self._cycle()
@@ -50,8 +70,18 @@ class _BodyPush:
 class PushingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, with ``push`` in every request's scope."""
 
+    # The writer of the request now being answered, told when the connection closes.
+    _push: BodyPush | None = None
+
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
         cycle: Any = self.cycle
         if cycle is not None and cycle.scope is self.scope:
-            self.scope[PUSH] = _BodyPush(cycle)
+            self.scope[PUSH] = self._push = BodyPush(cycle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        push, self._push = self._push, None
+        cycle: Any = self.cycle
+        if push is not None and cycle is not None and cycle.disconnected:
+            push._closed()

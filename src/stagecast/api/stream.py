@@ -4,9 +4,10 @@ No ``BaseHTTPMiddleware`` and no per-chunk framework work: frames are already en
 hub, and several ready frames go out in one write. Until the reader has caught up, the
 request's own task writes them; from then on, under ``stagecast serve``, the in-process hub
 writes new frames with the server's ``push`` in the loop turn they were made, and hands them
-back to this task only when the socket cannot take them. A second task only listens for the
-client leaving. When the last reader of a stage leaves and the stage's
-policy is ``on_disconnect = "cancel"``, the run is cancelled (on whichever replica owns it).
+back to this task only when the socket cannot take them. The server's writer also says when
+the client leaves (elsewhere a second task listens on ``receive`` for it). When the last
+reader of a stage leaves and the stage's policy is ``on_disconnect = "cancel"``, the run is
+cancelled (on whichever replica owns it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from stagecast.api.middleware import RAW_SEND
-from stagecast.api.push import PUSH
+from stagecast.api.push import PUSH, BodyPush
 from stagecast.hub.base import Push, ReaderLagError, StageNotFoundError, StreamHub
 from stagecast.metrics import Metrics
 from stagecast.protocol.sse import encode_comment
@@ -72,22 +73,26 @@ class StageEventStream(Response):
         await self.hub.attach(self.stage_id)
         if self.metrics is not None:
             self.metrics.active_streams.inc()
-        # The body is written by this task; a second one only listens for the client
-        # leaving, and interrupts the writer when it does.
-        loop = asyncio.get_running_loop()
-        this = asyncio.current_task(loop)
+        # The body is written by this task, which is interrupted when the client leaves:
+        # the server's writer says so (under ``stagecast serve``), or else a second task
+        # listening on ``receive``.
+        this = asyncio.current_task()
         assert this is not None
         writing = True
         left = False
 
-        def on_leave(_: asyncio.Future[None]) -> None:
+        def on_leave(_: object = None) -> None:
             nonlocal left
             if writing:
                 left = True
                 this.cancel()
 
-        watcher = loop.create_task(_wait_disconnect(receive))
-        watcher.add_done_callback(on_leave)
+        watcher: asyncio.Task[None] | None = None
+        if not isinstance(push, BodyPush):
+            watcher = asyncio.ensure_future(_wait_disconnect(receive))
+            watcher.add_done_callback(on_leave)
+        elif not push.watch_close(on_leave):
+            on_leave()  # gone before the first event
         outcome = "gone"
         try:
             outcome = await self._write(send, push)
@@ -97,7 +102,10 @@ class StageEventStream(Response):
             this.uncancel()
         finally:
             writing = False
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
+            elif isinstance(push, BodyPush):
+                push.watch_close(None)
             # Only a client that left counts as leaving: a reader closed for lagging will
             # come back with Last-Event-ID.
             await self._leave(client_left=outcome == "gone")
