@@ -67,6 +67,8 @@ class Metrics:
             buckets=(2, 4, 8, 16, 64, 256, 1024),
             registry=r,
         )
+        # The labelled children that every stage end updates, by (role, mode, status).
+        self._per_stage: dict[tuple[str, str, str], tuple[Counter, Histogram, Counter]] = {}
 
     def watch_records(self, writer: RecordCounters) -> None:
         """Expose the record writer's queue and failure counters."""
@@ -90,11 +92,20 @@ class Metrics:
         tools: Iterable[tuple[str, bool]],
     ) -> None:
         """Record one finished stage."""
-        self.stages.labels(role, mode, status).inc()
+        children = self._per_stage.get((role, mode, status))
+        if children is None:
+            # ``labels`` validates and locks on every call: once per label set is enough.
+            children = self._per_stage[(role, mode, status)] = (
+                self.stages.labels(role, mode, status),
+                self.ttft.labels(role),
+                self.chunks.labels(role),
+            )
+        stages, ttfts, relayed = children
+        stages.inc()
         if ttft is not None:
-            self.ttft.labels(role).observe(ttft)
+            ttfts.observe(ttft)
         if chunks:
-            self.chunks.labels(role).inc(chunks)
+            relayed.inc(chunks)
         if error_code is not None and error_code.startswith(("upstream", "role_busy", "embedded")):
             self.upstream_errors.labels(role, error_code).inc()
         for name, ok in tools:

@@ -56,7 +56,11 @@ def sqlite_time(value: datetime) -> str:
 def _row(record: StageRecord) -> tuple[object, ...]:
     encoded = json_columns(record)
     values: dict[str, object] = {
-        **record.model_dump(include={"stage_id", "owner", "role", "mode", "status"}),
+        "stage_id": record.stage_id,
+        "owner": record.owner,
+        "role": record.role,
+        "mode": record.mode,
+        "status": record.status,
         **encoded,
         "text": scrub_text(record.text),
         "reasoning": scrub_text(record.reasoning),
