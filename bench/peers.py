@@ -292,7 +292,10 @@ class Processes:
         """stagecast as ``stagecast serve`` runs it, with one role pointing at the mock."""
         port = free_port()
         cmd = [sys.executable, "-m", "bench.peers", "stagecast", "--port", str(port)]
-        proc = self._spawn("stagecast", [*cmd, "--upstream", upstream], core=core)
+        # Records are written as in production, to a scratch file beside the run's logs.
+        records = self.log_dir / f"records-{len(self.procs)}.db"
+        cmd += ["--upstream", upstream, "--database-path", str(records)]
+        proc = self._spawn("stagecast", cmd, core=core)
         proc.port = port
         await _wait_ready(proc, "/healthz", timeout=60)
         return proc
@@ -372,7 +375,7 @@ async def _wait_ready(proc: Proc, path: str, *, timeout: float) -> None:
     raise RuntimeError(f"{proc.name} not ready after {timeout:g}s ({last}):\n{proc.log_tail()}")
 
 
-def serve_stagecast(port: int, upstream: str) -> None:
+def serve_stagecast(port: int, upstream: str, database_path: str) -> None:
     """Run stagecast the way ``stagecast serve`` does, with the benchmark's one role."""
     from stagecast.config import ModelConfig, Settings
     from stagecast.server import run_server
@@ -396,21 +399,22 @@ def serve_stagecast(port: int, upstream: str) -> None:
         heartbeat_interval=30,
         log_level="warning",
         # Records are written as in production, but to a scratch file, not the checkout.
-        database_path=str(Path(tempfile.mkdtemp(prefix="stagecast-bench-")) / "records.db"),
+        database_path=database_path,
     )
     run_server(settings)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m bench.peers stagecast --port P --upstream URL``."""
+    """``python -m bench.peers stagecast --port P --upstream URL --database-path FILE``."""
     parser = argparse.ArgumentParser(description="benchmark peer launcher")
     sub = parser.add_subparsers(dest="peer", required=True)
     sc = sub.add_parser("stagecast", help="serve stagecast with one role at --upstream")
     sc.add_argument("--port", type=int, required=True)
     sc.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:P/v1")
+    sc.add_argument("--database-path", required=True, help="the SQLite file for stage records")
     args = parser.parse_args(argv)
     if args.peer == "stagecast":
-        serve_stagecast(args.port, args.upstream)
+        serve_stagecast(args.port, args.upstream, args.database_path)
 
 
 if __name__ == "__main__":
