@@ -6,6 +6,7 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from stagecast.api.push import PUSH, PushingHttpToolsProtocol
@@ -38,16 +39,22 @@ class PushProbe:
         self.released.set()
 
 
+def get_until(sock: socket.socket, enough: Callable[[bytes], bool]) -> bytes:
+    """Send a GET on ``sock`` and read the answer until ``enough`` says so."""
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    raw = b""
+    while not enough(raw):
+        piece = sock.recv(65536)
+        assert piece, raw
+        raw += piece
+    return raw
+
+
 def test_push_writes_chunks_of_a_started_body_and_nothing_else() -> None:
     probe = PushProbe()
     with serve(probe) as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-            raw = b""
-            while not raw.endswith(b"0\r\n\r\n"):
-                piece = sock.recv(65536)
-                assert piece, raw
-                raw += piece
+            raw = get_until(sock, lambda got: got.endswith(b"0\r\n\r\n"))
         assert probe.released.wait(10)
     head, _, body = raw.partition(b"\r\n\r\n")
     assert b"transfer-encoding: chunked" in head.lower()
@@ -93,12 +100,7 @@ def test_the_writer_tells_its_response_once_when_the_client_leaves() -> None:
     probe = CloseProbe()
     with serve(probe) as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-            raw = b""
-            while b"first" not in raw:
-                piece = sock.recv(65536)
-                assert piece, raw
-                raw += piece
+            get_until(sock, lambda got: b"first" in got)
         assert probe.noticed.wait(10), "the client's leaving was not reported"
         probe.go_on.set()
         assert probe.released.wait(10)
