@@ -31,12 +31,12 @@ async def read_frames(response: httpx.Response, n: int) -> list[Any]:
 
 # The server's writer tells a streaming response that its client left (``stagecast serve``);
 # under any other server a task of the response listens on ``receive`` for it.
-SERVERS = pytest.mark.parametrize("http", ["pushing", "plain"])
+SERVERS = pytest.mark.parametrize("server", ["pushing", "plain"])
 
 
-def served(make_gateway: GatewayFactory, upstream: FakeUpstream, http: str) -> Gateway:
+def served(make_gateway: GatewayFactory, upstream: FakeUpstream, server: str) -> Gateway:
     """A gateway for the fake upstream, under ``stagecast serve``'s protocol or uvicorn's."""
-    protocol = HttpToolsProtocol if http == "plain" else None
+    protocol = HttpToolsProtocol if server == "plain" else None
     # No first-token timeout within the tests' waits: only the client leaving closes upstream.
     fake = role(upstream.url, first_token_timeout=60.0)
     return make_gateway(http=protocol, models={"fake": fake})
@@ -44,9 +44,9 @@ def served(make_gateway: GatewayFactory, upstream: FakeUpstream, http: str) -> G
 
 @SERVERS
 async def test_client_disconnect_mid_stream_closes_upstream(
-    make_gateway: GatewayFactory, upstream: FakeUpstream, http: str
+    make_gateway: GatewayFactory, upstream: FakeUpstream, server: str
 ) -> None:
-    gateway = served(make_gateway, upstream, http)
+    gateway = served(make_gateway, upstream, server)
     upstream.enqueue(text_script(WORDS, pace=0.1))
     with no_leaks(gateway):
         async with httpx.AsyncClient(base_url=gateway.url) as http:
@@ -58,9 +58,9 @@ async def test_client_disconnect_mid_stream_closes_upstream(
 
 @SERVERS
 async def test_client_disconnect_while_waiting_for_first_token(
-    make_gateway: GatewayFactory, upstream: FakeUpstream, http: str
+    make_gateway: GatewayFactory, upstream: FakeUpstream, server: str
 ) -> None:
-    gateway = served(make_gateway, upstream, http)
+    gateway = served(make_gateway, upstream, server)
     upstream.enqueue(Script(delay_headers=30))
     with no_leaks(gateway):
         async with httpx.AsyncClient(base_url=gateway.url) as http:
