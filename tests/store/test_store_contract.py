@@ -277,6 +277,21 @@ async def test_save_many_is_all_or_nothing(store: Store) -> None:
     assert await store.get("good") is not None
 
 
+async def test_a_large_batch_is_saved_whole_or_not_at_all(store: Store) -> None:
+    # More records than one statement carries (SQLite) or one round trip (PostgreSQL).
+    records = [record(f"big{i:03d}", text=f"answer {i}") for i in range(250)]
+    records.append(record("big007", status="cancelled", text="later"))
+    await store.save_many(records)
+    assert len(await list_all(store, owner="alice", limit=100)) == 250
+    got = await store.get("big007")
+    assert got is not None and (got.status, got.text) == ("cancelled", "later")
+    bad = [record(f"next{i:03d}") for i in range(250)] + [record("x", text="bad \ud800")]
+    with pytest.raises(StoreDataError):
+        await store.save_many(bad)
+    assert await store.get("next000") is None
+    assert await store.get("next249") is None
+
+
 async def test_a_json_value_that_cannot_be_encoded_is_refused(store: Store) -> None:
     with pytest.raises(StoreDataError):
         await store.save(record("bad", tool_results={"x": "\udc00"}))

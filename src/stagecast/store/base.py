@@ -221,10 +221,12 @@ COLUMNS: tuple[str, ...] = (
 SELECT_RECORDS = f"SELECT {', '.join(COLUMNS)} FROM stage_records"
 
 
-def upsert_records_sql(placeholders: list[str]) -> str:
-    """Insert one record, or replace the record of its ``stage_id``."""
+def upsert_records_sql(placeholders: list[str], *, rows: int = 1) -> str:
+    """Insert records, or replace the record of their ``stage_id``: ``rows`` rows of
+    ``placeholders`` each."""
+    values = ", ".join([f"({', '.join(placeholders)})"] * rows)
     return (
-        f"INSERT INTO stage_records ({', '.join(COLUMNS)}) VALUES ({', '.join(placeholders)})"
+        f"INSERT INTO stage_records ({', '.join(COLUMNS)}) VALUES {values}"
         " ON CONFLICT (stage_id) DO UPDATE SET "
         + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "stage_id")
     )

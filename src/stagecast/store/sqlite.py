@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
+import itertools
 import logging
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -45,7 +47,14 @@ from stagecast.store.migrations import (
 log = logging.getLogger(__name__)
 
 _SELECT = SELECT_RECORDS
-_UPSERT = upsert_records_sql(["?"] * len(COLUMNS))
+# Rows per statement of a batch: well within SQLite's bound of 32,766 parameters.
+_ROWS_PER_STATEMENT = 100
+
+
+@functools.cache
+def _upsert(rows: int) -> str:
+    """One statement that upserts ``rows`` records, in order (a later one of a stage wins)."""
+    return upsert_records_sql(["?"] * len(COLUMNS), rows=rows)
 
 
 def sqlite_time(value: datetime) -> str:
@@ -182,16 +191,26 @@ class SQLiteStore:
         await self.save_many((record,))
 
     async def save_many(self, records: Sequence[StageRecord]) -> None:
-        """Upsert the records in order, in one transaction."""
+        """Upsert the records in order, all or none.
+
+        Up to a hundred records are one statement, which SQLite runs as one transaction: one
+        trip to the database thread and one commit. (A transaction around ``executemany``
+        took three trips, and each woke the event loop when it came back.)
+        """
         if not records:
             return
         rows = [_row(r) for r in records]
         async with self._lock:
             db = await self._connection()
             with _translated("save stage records"):
+                if len(rows) <= _ROWS_PER_STATEMENT:
+                    await db.execute(_upsert(len(rows)), list(itertools.chain(*rows)))
+                    return
                 await db.execute("BEGIN IMMEDIATE")
                 try:
-                    await db.executemany(_UPSERT, rows)
+                    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+                        part = rows[start : start + _ROWS_PER_STATEMENT]
+                        await db.execute(_upsert(len(part)), list(itertools.chain(*part)))
                     await db.execute("COMMIT")
                 except BaseException:
                     with contextlib.suppress(sqlite3.Error, ValueError):
