@@ -10,12 +10,12 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stagecast._version import __version__
 from stagecast.api.auth import KeyRing
 from stagecast.api.errors import install_error_handlers
-from stagecast.api.fastpath import StreamFastPath
+from stagecast.api.fastpath import STREAM_MODES, StreamFastPath
 from stagecast.api.limits import Limits, MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from stagecast.api.middleware import RequestContext
 from stagecast.api.routes import router as routes
@@ -179,6 +179,19 @@ class _GatewayApp(FastAPI):
         self._max_body_bytes = max_body_bytes
         self._cors_origins = cors_origins
         super().__init__(**kwargs)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A stage-streaming POST goes straight to the stack below: FastAPI's own entry would
+        # first look for OpenTelemetry providers (environment lookups on every request), and
+        # stagecast's metrics and logs already describe each stage.
+        stack = self.middleware_stack
+        if stack is not None and scope["type"] == "http" and scope["path"] in STREAM_MODES:
+            if self.root_path:
+                scope["root_path"] = self.root_path
+            scope["app"] = self
+            await stack(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
     def build_middleware_stack(self) -> ASGIApp:
         app: ASGIApp = StreamFastPath(super().build_middleware_stack(), self)
