@@ -42,6 +42,7 @@ class ChunkNormaliser:
     __slots__ = (
         "_created",
         "_head",
+        "_held",
         "_id",
         "_inline_open",
         "_model",
@@ -66,6 +67,9 @@ class ChunkNormaliser:
         self._model = model
         self._created = int(time.time())
         self._inline_open = False
+        # True while the think state may change how the next text reads (a <think> block
+        # open, a partial tag held back): then no chunk is spliced. Only ``_choice`` changes it.
+        self._held = False
         # The splice template: the bytes before and after the content text (see splice).
         self._head = b""
         self._tail = b""
@@ -94,7 +98,7 @@ class ChunkNormaliser:
         text = raw[len(head) : len(raw) - len(self._tail)]
         if not text or len(text.translate(None, _NOT_PLAIN)) != len(text):  # _plain, inline
             return None
-        if self._inline_open or not self._splitter.idle():
+        if self._held:
             return None  # the text ends a <think> block, or may continue a tag
         try:
             self.text_parts.append(text.decode())
@@ -138,7 +142,7 @@ class ChunkNormaliser:
     def _learn(self, raw: bytes, data: dict[str, Any], choice: dict[str, Any]) -> None:
         """Take ``raw`` (relayed unchanged) as the splice template if it is a plain text
         chunk whose text occurs once in it."""
-        if self.hook is not None or self._inline_open or not self._splitter.idle():
+        if self.hook is not None or self._held:
             return
         if self._head and raw.startswith(self._head) and raw.endswith(self._tail):
             return  # the template already fits
@@ -213,7 +217,9 @@ class ChunkNormaliser:
                 changed = True
         if self.hook is not None and choice["index"] == 0 and self.hook(choice, delta):
             changed = True
-        return self._apply_mode(delta) or changed
+        changed = self._apply_mode(delta) or changed
+        self._held = self._inline_open or not self._splitter.idle()
+        return changed
 
     def _apply_mode(self, delta: dict[str, Any]) -> bool:
         content = delta.get("content")
