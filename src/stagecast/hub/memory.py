@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from stagecast.errors import StageConflictError, StageLimitError
 from stagecast.hub.base import (
@@ -44,6 +44,8 @@ class _Log:
         "frames",
         "hub",
         "info",
+        "max_bytes",
+        "max_events",
         "nbytes",
         "paused",
         "positions",
@@ -55,8 +57,11 @@ class _Log:
 
     def __init__(self, info: StageInfo, hub: MemoryHub) -> None:
         self.info = info
-        # For its bounds and retention when the stage ends.
+        # For the retry interval and for retention when the stage ends; the bounds are
+        # copied, as ``append`` checks them on every event.
         self.hub = hub
+        self.max_events = hub.max_events
+        self.max_bytes = hub.max_bytes
         self.frames: list[bytes] = []
         self.nbytes = 0
         self.waiters: list[asyncio.Future[None]] = []
@@ -76,22 +81,16 @@ class _Log:
 
     def append(self, event: str, data: bytes) -> int:
         """Append one event (see ``MemoryHub.append_nowait``); returns its sequence number."""
-        hub = self.hub
         frames = self.frames
-        if self.terminal:
-            raise StageLimitError(f"stage {self.info.stage_id!r} already ended", code="stage_ended")
-        status = TERMINAL_STATUS.get(event)
-        if status is None and (
-            len(frames) >= hub.max_events or self.nbytes + len(data) > hub.max_bytes
-        ):
-            raise StageLimitError(
-                f"stage {self.info.stage_id!r} exceeded its bounds of {hub.max_events} events "
-                f"or {hub.max_bytes} bytes"
-            )
         seq = len(frames) + 1
+        status = TERMINAL_STATUS.get(event)
+        if self.terminal or (
+            status is None and (seq > self.max_events or self.nbytes + len(data) > self.max_bytes)
+        ):
+            self._refuse()
         # Byte values, not one-byte strings: ``in`` then is one memchr.
         if seq == 1 or 10 in data or 13 in data:
-            frame = encode_frame(event, data, id=seq, retry=hub.retry_ms if seq == 1 else None)
+            frame = encode_frame(event, data, id=seq, retry=self.hub.retry_ms if seq == 1 else None)
         else:
             # The common frame in one formatting step (same bytes as encode_frame).
             frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, event.encode(), data)
@@ -103,7 +102,7 @@ class _Log:
             self.info.status = status
             self.info.finished_at = time.time()
             self.cancel_callbacks.clear()
-            hub._retain(self.info.stage_id, self)
+            self.hub._retain(self.info.stage_id, self)
         if self.waiters:
             self.wake()
         if self.pushers and not self.flush_pending:
@@ -111,7 +110,7 @@ class _Log:
             # frames of one read go out in one write.
             self.flush_pending = True
             if not self.flush_held:
-                hub._running_loop().call_soon(self.flush)
+                self.hub._running_loop().call_soon(self.flush)
         if (
             not seq % FLOW_EVERY
             and self.flow is not None
@@ -121,6 +120,15 @@ class _Log:
             self.paused = True
             self.flow[0]()
         return seq
+
+    def _refuse(self) -> NoReturn:
+        stage_id = self.info.stage_id
+        if self.terminal:
+            raise StageLimitError(f"stage {stage_id!r} already ended", code="stage_ended")
+        raise StageLimitError(
+            f"stage {stage_id!r} exceeded its bounds of {self.max_events} events "
+            f"or {self.max_bytes} bytes"
+        )
 
     def backlog(self) -> int:
         """Events the slowest local reader has yet to write (0 without readers)."""
@@ -138,14 +146,12 @@ class _Log:
             if not fut.done():
                 fut.set_result(None)
 
-    def flush_now(self) -> None:
-        """Write what is due to the pushed readers, if anything is."""
-        if self.flush_pending:
-            self.flush()
-
     def flush(self) -> None:
-        """Write the new frames to every pushed reader; a reader whose connection cannot
-        take them now (or that is a whole batch behind) goes back to its own task."""
+        """Write the new frames to every pushed reader, if any are due; a reader whose
+        connection cannot take them now (or that is a whole batch behind) goes back to its
+        own task."""
+        if not self.flush_pending:
+            return
         self.flush_pending = False
         frames = self.frames
         n = len(frames)
@@ -283,8 +289,8 @@ class MemoryHub:
             return None
         log.flush_held = held
         if held:
-            return log.flush_now
-        log.flush_now()
+            return log.flush
+        log.flush()
         return None
 
     def _retain(self, stage_id: str, log: _Log) -> None:
