@@ -11,21 +11,24 @@ the stage's readers are far behind. Otherwise the chunks are pulled one by one.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from stagecast.backends.base import ChatCall, UpstreamChunk
-from stagecast.stages.context import StageContext
+from stagecast.stages.context import EmitNow, StageContext, StageStats
 from stagecast.stages.normalise import ChunkNormaliser
 
 
-async def relay(
-    ctx: StageContext, call: ChatCall, norm: ChunkNormaliser, event: str, field: str
-) -> None:
-    """Stream ``call`` on the stage's role and emit each normalised chunk as ``event``."""
-    stats = ctx.stats
-    stats.text_parts = norm.text_parts
-    prefix = ctx.prefix(field)
-    emit = ctx.emit
-    emit_now = ctx.emit_nowait
+def chunk_callbacks(
+    stats: StageStats, norm: ChunkNormaliser, prefix: bytes, emit_now: EmitNow | None, event: str
+) -> tuple[
+    Callable[[UpstreamChunk], bytes | None],
+    Callable[[UpstreamChunk], None],
+    Callable[[bytes], bool],
+]:
+    """What the relay does with each chunk: ``payload`` (the event payload of a parsed chunk,
+    or None), and, for a backend that pushes chunks, ``on_chunk`` (emit a parsed chunk) and
+    ``on_bytes`` (emit a chunk's bytes that fit the stream's template without parsing them;
+    False if they do not). ``emit_now`` may be None only if those two are never called."""
     process = norm.process
     splice = norm.splice
 
@@ -37,7 +40,6 @@ async def relay(
         return prefix + chunk + b"}"
 
     def payload(upstream: UpstreamChunk) -> bytes | None:
-        """The event payload for one upstream chunk (None: nothing of it is relayed)."""
         out = process(upstream)
         return None if out is None else envelope(out)
 
@@ -47,7 +49,6 @@ async def relay(
             emit_now(event, data)  # type: ignore[misc]
 
     def on_bytes(raw: bytes) -> bool:
-        """Relay a chunk that fits the stream's template without parsing it."""
         out = splice(raw)
         if out is None:
             return False
@@ -56,6 +57,19 @@ async def relay(
         stats.chunks += 1
         emit_now(event, prefix + out + b"}")  # type: ignore[misc]
         return True
+
+    return payload, on_chunk, on_bytes
+
+
+async def relay(
+    ctx: StageContext, call: ChatCall, norm: ChunkNormaliser, event: str, field: str
+) -> None:
+    """Stream ``call`` on the stage's role and emit each normalised chunk as ``event``."""
+    stats = ctx.stats
+    stats.text_parts = norm.text_parts
+    emit = ctx.emit
+    emit_now = ctx.emit_nowait
+    payload, on_chunk, on_bytes = chunk_callbacks(stats, norm, ctx.prefix(field), emit_now, event)
 
     # Open from the request on, so a cancel during the first-token wait counts as an abort.
     stats.upstream_open = True
