@@ -82,9 +82,12 @@ def upstream_piece(seq: int) -> bytes:
 class Stream:
     """One relayed stage: an upstream connection feeding a stage log with one pushed reader."""
 
-    def __init__(self, conn: Connection, reader: asyncio.Task[None], client: MemoryTransport):
+    def __init__(
+        self, conn: Connection, tasks: list[asyncio.Task[None]], client: MemoryTransport
+    ) -> None:
         self.conn = conn
-        self.reader = reader
+        # The reader writing to the client, and the upstream reader's pump.
+        self.tasks = tasks
         self.client = client
 
 
@@ -133,12 +136,11 @@ async def open_stream(hub: MemoryHub, pool: Pool, stage_id: str) -> Stream:
     prefix = b'{"stage_id":"' + stage_id.encode() + b'","chunk":'
     _, on_chunk, on_bytes = chunk_callbacks(StageStats(), norm, prefix, emit_now, "chunk")
     flush = hub.hold_flush(stage_id, True)
-    # What ``_ChunkReader.pump`` sets up before it waits for the end of the stream.
-    chunks._handler = on_chunk
-    chunks._splice = on_bytes
-    conn.after_read = flush
+    # As the relay does: from here on every read runs the callbacks, until the stream ends.
+    pump = loop.create_task(chunks.pump(on_chunk, on_bytes, flush))
+    await asyncio.sleep(0)
     conn.data_received(upstream_piece(0))  # the first chunk is parsed; it sets the template
-    return Stream(conn, reader, client)
+    return Stream(conn, [reader, pump], client)
 
 
 async def measure(chunks: int, streams: int, rounds: int) -> list[float]:
@@ -158,9 +160,10 @@ async def measure(chunks: int, streams: int, rounds: int) -> list[float]:
         written = sum(s.client.writes for s in opened) - writes
         if written != chunks:
             raise RuntimeError(f"{chunks} chunks relayed but {written} written to clients")
-    for stream in opened:
-        stream.reader.cancel()
-    await asyncio.gather(*(s.reader for s in opened), return_exceptions=True)
+    tasks = [task for stream in opened for task in stream.tasks]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     return per_chunk
 
 
