@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import logging
 import statistics
 import time
 from typing import Any
 
+import orjson
 import yarl
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
+from bench.mock_upstream import SSE_HEAD, StreamParams, _Stream
 from stagecast.api.push import BodyPush
 from stagecast.backends.http1 import Connection, Pool
 from stagecast.backends.openai_compat import _ChunkReader, _Watchdog
@@ -35,17 +38,6 @@ from stagecast.server import tune_collector
 from stagecast.stages.context import StageStats
 from stagecast.stages.normalise import ChunkNormaliser
 from stagecast.stages.relay import chunk_callbacks
-
-# A content chunk as the mock upstream sends it (about 330 bytes of event).
-_HEAD = (
-    b'{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
-    b'"model":"mock","system_fingerprint":"fp_bench","choices":[{"index":0,"delta":{"content":"'
-)
-_TAIL = b'"},"logprobs":null,"finish_reason":null}]}'
-_TEXT = b"s=%06d lorem ipsum dolor sit amet lorem ipsum dolor sit amet lorem ipsum dolor sit amet "
-_RESPONSE_HEAD = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-)
 
 
 class MemoryTransport(asyncio.Transport):
@@ -73,19 +65,24 @@ class MemoryTransport(asyncio.Transport):
         return False
 
 
-def upstream_piece(seq: int) -> bytes:
-    """One chunked-encoding piece carrying one SSE event of one content chunk."""
-    event = b"data: " + _HEAD + _TEXT % seq + _TAIL + b"\n\n"
-    return b"%x\r\n%s\r\n" % (len(event), event)
+def upstream(sid: str) -> _Stream:
+    """The mock upstream's maker of one stream's content chunks (its exact bytes)."""
+    params = StreamParams(orjson.dumps({"messages": [{"role": "user", "content": f"sid={sid}"}]}))
+    return _Stream(None, params, time.monotonic())  # type: ignore[arg-type]
 
 
 class Stream:
     """One relayed stage: an upstream connection feeding a stage log with one pushed reader."""
 
     def __init__(
-        self, conn: Connection, tasks: list[asyncio.Task[None]], client: MemoryTransport
+        self,
+        conn: Connection,
+        source: _Stream,
+        tasks: list[asyncio.Task[None]],
+        client: MemoryTransport,
     ) -> None:
         self.conn = conn
+        self.source = source
         # The reader writing to the client, and the upstream reader's pump.
         self.tasks = tasks
         self.client = client
@@ -129,7 +126,7 @@ async def open_stream(hub: MemoryHub, pool: Pool, stage_id: str) -> Stream:
     # The upstream side: a response head, then the relay's callbacks on every read.
     conn = Connection(pool, loop)
     conn.connection_made(MemoryTransport())
-    conn.data_received(_RESPONSE_HEAD)
+    conn.data_received(SSE_HEAD)
     dog = _Watchdog(conn, 60.0, 60.0, 3600.0)
     chunks = _ChunkReader(conn, dog, "http://bench")
     norm = ChunkNormaliser(model="mock")
@@ -139,8 +136,9 @@ async def open_stream(hub: MemoryHub, pool: Pool, stage_id: str) -> Stream:
     # As the relay does: from here on every read runs the callbacks, until the stream ends.
     pump = loop.create_task(chunks.pump(on_chunk, on_bytes, flush))
     await asyncio.sleep(0)
-    conn.data_received(upstream_piece(0))  # the first chunk is parsed; it sets the template
-    return Stream(conn, [reader, pump], client)
+    source = upstream(stage_id)
+    conn.data_received(source.chunk())  # the first chunk is parsed; it sets the template
+    return Stream(conn, source, [reader, pump], client)
 
 
 async def measure(chunks: int, streams: int, rounds: int) -> list[float]:
@@ -151,7 +149,10 @@ async def measure(chunks: int, streams: int, rounds: int) -> list[float]:
     tune_collector()  # as ``stagecast serve`` sets it once started
     per_chunk: list[float] = []
     for _ in range(rounds):
-        work = [(opened[i % streams].conn.data_received, upstream_piece(i)) for i in range(chunks)]
+        work = [
+            (s.conn.data_received, s.source.chunk())
+            for s in itertools.islice(itertools.cycle(opened), chunks)
+        ]
         writes = sum(s.client.writes for s in opened)
         started = time.perf_counter()
         for received, piece in work:

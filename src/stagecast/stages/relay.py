@@ -40,6 +40,7 @@ def chunk_callbacks(
         return prefix + chunk + b"}"
 
     def payload(upstream: UpstreamChunk) -> bytes | None:
+        """The event payload for one upstream chunk (None: nothing of it is relayed)."""
         out = process(upstream)
         return None if out is None else envelope(out)
 
@@ -49,6 +50,7 @@ def chunk_callbacks(
             emit_now(event, data)  # type: ignore[misc]
 
     def on_bytes(raw: bytes) -> bool:
+        """Relay a chunk that fits the stream's template without parsing it."""
         out = splice(raw)
         if out is None:
             return False
