@@ -11,17 +11,24 @@ Wall time per chunk is noisy on a shared machine. Under ``valgrind --tool=callgr
 count of instructions is exact and repeatable: run it at two sizes (``--chunks``) and divide
 the difference by the difference in chunks, before and after a change.
 
-Prints ``chunks N streams S us_per_chunk X`` (the median over ``--rounds``).
+Prints ``chunks N streams S us_per_chunk X`` (the median over ``--rounds``). With
+``--bytecodes`` it instead counts, exactly and in seconds, the bytecode instructions each of
+stagecast's functions runs per chunk (``sys.settrace``; the interpreter's work, not its cost),
+and prints ``bytecodes_per_chunk N`` then one ``N module:function`` line per function.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import itertools
 import logging
 import statistics
+import sys
 import time
+from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import orjson
@@ -141,8 +148,35 @@ async def open_stream(hub: MemoryHub, pool: Pool, stage_id: str) -> Stream:
     return Stream(conn, source, [reader, pump], client)
 
 
-async def measure(chunks: int, streams: int, rounds: int) -> list[float]:
-    """Microseconds per relayed chunk, one value per round."""
+Tracer = Callable[[FrameType, str, Any], Any]
+
+
+def bytecode_counter(counts: collections.Counter[str]) -> Tracer:
+    """A ``sys.settrace`` function that counts the bytecodes of every stagecast function
+    (``module:function``) into ``counts``."""
+
+    def call(frame: FrameType, event: str, arg: Any) -> Tracer | None:
+        name = frame.f_globals.get("__name__", "")
+        if not name.startswith("stagecast.") and not name.startswith("uvicorn."):
+            return None  # the harness's own stand-ins are not counted
+        frame.f_trace_opcodes = True
+        key = f"{name}:{frame.f_code.co_name}"
+
+        def local(frame: FrameType, event: str, arg: Any) -> Tracer:
+            if event == "opcode":
+                counts[key] += 1
+            return local
+
+        return local
+
+    return call
+
+
+async def measure(
+    chunks: int, streams: int, rounds: int, counts: collections.Counter[str] | None = None
+) -> list[float]:
+    """Microseconds per relayed chunk, one value per round; with ``counts``, bytecodes are
+    counted into it instead (and the times mean nothing)."""
     hub = MemoryHub(max_events=10**9, max_bytes=10**12)
     pool = Pool(yarl.URL("http://127.0.0.1:9/v1/chat/completions"))
     opened = [await open_stream(hub, pool, f"stg_bench_{i}") for i in range(streams)]
@@ -154,9 +188,14 @@ async def measure(chunks: int, streams: int, rounds: int) -> list[float]:
             for s in itertools.islice(itertools.cycle(opened), chunks)
         ]
         writes = sum(s.client.writes for s in opened)
+        if counts is not None:
+            sys.settrace(bytecode_counter(counts))
         started = time.perf_counter()
-        for received, piece in work:
-            received(piece)
+        try:
+            for received, piece in work:
+                received(piece)
+        finally:
+            sys.settrace(None)
         per_chunk.append((time.perf_counter() - started) / max(chunks, 1) * 1e6)
         written = sum(s.client.writes for s in opened) - writes
         if written != chunks:
@@ -174,7 +213,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunks", type=int, default=40_000, help="chunks per round")
     parser.add_argument("--streams", type=int, default=100, help="stages they are spread over")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--bytecodes", action="store_true", help="count bytecodes per chunk instead of time"
+    )
     args = parser.parse_args(argv)
+    if args.bytecodes:
+        counts: collections.Counter[str] = collections.Counter()
+        asyncio.run(measure(args.chunks, args.streams, args.rounds, counts))
+        total = args.chunks * args.rounds
+        print(f"bytecodes_per_chunk {sum(counts.values()) / total:.1f}")
+        for key, n in counts.most_common():
+            print(f"{n / total:8.1f} {key}")
+        return
     values = asyncio.run(measure(args.chunks, args.streams, args.rounds))
     print(
         f"chunks {args.chunks} streams {args.streams} us_per_chunk {statistics.median(values):.3f}"

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -25,3 +27,31 @@ def test_chunk_path_relays_every_chunk_and_prints_its_cost() -> None:
     match = re.fullmatch(r"chunks 300 streams 7 us_per_chunk (\d+\.\d{3})\n", proc.stdout)
     assert match is not None, proc.stdout
     assert float(match.group(1)) > 0
+
+
+def test_chunk_path_counts_the_bytecodes_of_each_function_on_the_path() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.chunk_path", "--bytecodes", "--chunks", "200"]
+        + ["--streams", "4", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, *rows = proc.stdout.splitlines()
+    total = float(first.removeprefix("bytecodes_per_chunk "))
+    per_function = {}
+    for row in rows:
+        count, name = row.split()
+        per_function[name] = float(count)
+    # Every chunk after each stream's first is spliced, appended and flushed once.
+    for name in (
+        "stagecast.stages.normalise:splice",
+        "stagecast.hub.memory:append",
+        "stagecast.hub.memory:flush",
+        "stagecast.api.push:__call__",
+    ):
+        assert per_function[name] > 0, name
+    assert sum(per_function.values()) == pytest.approx(total, abs=0.1 * len(rows))
