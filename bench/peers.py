@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench.load_client import http_json
@@ -281,23 +282,40 @@ class Processes:
         proc.port = _ready_port(proc)
         return proc
 
-    async def start_floor(self, upstream_port: int, core: int | None) -> Proc:
-        """The bare TCP splice relay to the mock (see ``bench.floor_relay``)."""
-        cmd = [sys.executable, "-m", "bench.floor_relay", "--upstream-port", str(upstream_port)]
+    async def start_floor(
+        self,
+        upstream_port: int,
+        core: int | None,
+        *,
+        wrapper: Sequence[str] = (),
+        timeout: float = 20.0,
+    ) -> Proc:
+        """The bare TCP splice relay to the mock (see ``bench.floor_relay``); ``wrapper`` is
+        a command it runs under (valgrind, say), and ``timeout`` how long it may take to start."""
+        cmd = [*wrapper, sys.executable, "-m", "bench.floor_relay"]
+        cmd += ["--upstream-port", str(upstream_port)]
         proc = self._spawn("floor", cmd, core=core, stdout_pipe=True)
-        proc.port = _ready_port(proc)
+        proc.port = await asyncio.to_thread(_ready_port, proc, timeout)
         return proc
 
-    async def start_stagecast(self, upstream: str, core: int | None) -> Proc:
-        """stagecast as ``stagecast serve`` runs it, with one role pointing at the mock."""
+    async def start_stagecast(
+        self,
+        upstream: str,
+        core: int | None,
+        *,
+        wrapper: Sequence[str] = (),
+        timeout: float = 60.0,
+    ) -> Proc:
+        """stagecast as ``stagecast serve`` runs it, with one role pointing at the mock
+        (``wrapper`` and ``timeout`` as for ``start_floor``)."""
         port = free_port()
-        cmd = [sys.executable, "-m", "bench.peers", "stagecast", "--port", str(port)]
+        cmd = [*wrapper, sys.executable, "-m", "bench.peers", "stagecast", "--port", str(port)]
         # Records are written as in production, to a scratch file beside the run's logs.
         records = self.log_dir / f"records-{len(self.procs)}.db"
         cmd += ["--upstream", upstream, "--database-path", str(records)]
         proc = self._spawn("stagecast", cmd, core=core)
         proc.port = port
-        await _wait_ready(proc, "/healthz", timeout=60)
+        await _wait_ready(proc, "/healthz", timeout=timeout)
         return proc
 
     async def start_litellm(self, upstream: str, core: int | None) -> tuple[Proc, str] | str:
@@ -342,11 +360,11 @@ class Processes:
         return proc, key
 
 
-def _ready_port(proc: Proc) -> int:
-    """The port from a child's ``READY <port>`` line (within 20 s)."""
+def _ready_port(proc: Proc, timeout: float = 20.0) -> int:
+    """The port from a child's ``READY <port>`` line (within ``timeout`` seconds)."""
     stdout = proc.popen.stdout
     assert stdout is not None
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + timeout
     line = b""
     while time.monotonic() < deadline and proc.alive():
         ready, _, _ = select.select([stdout], [], [], 0.2)
