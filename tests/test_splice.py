@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from stagecast.backends.base import UpstreamChunk
-from stagecast.stages.normalise import ChunkNormaliser, ReasoningMode
+from stagecast.stages.normalise import ChunkNormaliser, ReasoningMode, _plain
 
 TEXTS = st.one_of(
     st.sampled_from(["Hello", " world", ".", "plain", "more text"]),
@@ -185,3 +185,11 @@ def test_a_template_is_never_learned_where_the_text_is_ambiguous() -> None:
     )
     norm.process(UpstreamChunk(orjson.loads(raw), raw))
     assert norm.splice(raw.replace(b'"content":"m"', b'"content":"n"')) is None
+
+
+def test_the_plain_check_refuses_exactly_quotes_backslashes_control_bytes_and_angle() -> None:
+    refused = set(range(32)) | {ord('"'), ord("\\"), ord("<")}
+    for byte in range(256):
+        text = b"ab" + bytes([byte]) + b"yz"
+        assert _plain(text) is (byte not in refused), byte
+    assert _plain(b"") is True
