@@ -91,8 +91,12 @@ async def measure(
     name: str, procs: Processes, mock: Proc, sizes: Sizes, out_dir: Path
 ) -> dict[str, float]:
     """Start ``name`` under callgrind and count its instructions per chunk and per stream."""
-    callgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p"]
-    callgrind.append("--dump-instr=no")
+    callgrind = (
+        "valgrind",
+        "--tool=callgrind",
+        f"--callgrind-out-file={out_dir}/cg.%p",
+        "--dump-instr=no",
+    )
     if name == "stagecast":
         proc = await procs.start_stagecast(
             f"{mock.url}/v1", None, wrapper=callgrind, timeout=START_TIMEOUT_S
