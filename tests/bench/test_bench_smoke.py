@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 from bench.report import METRICS
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench import run_bench
+
 TARGETS = ("direct", "floor", "stagecast")
 
 pytestmark = pytest.mark.timeout(400)
@@ -25,14 +23,7 @@ pytestmark = pytest.mark.timeout(400)
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench") / "smoke.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.runner", "--smoke", "--no-litellm", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=360,
-        check=False,
-    )
+    proc = run_bench("runner", "--smoke", "--no-litellm", "--out", str(out), timeout=360)
     assert out.exists(), f"no result file; stderr:\n{proc.stderr[-4000:]}"
     doc: dict[str, Any] = json.loads(out.read_text())
     doc["_returncode"] = proc.returncode

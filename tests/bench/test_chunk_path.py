@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench import run_bench
 
 
 def test_chunk_path_relays_every_chunk_and_prints_its_cost() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.chunk_path", "--chunks", "300", "--streams", "7"]
-        + ["--rounds", "2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    proc = run_bench(
+        "chunk_path", "--chunks", "300", "--streams", "7", "--rounds", "2", timeout=120
     )
     # The module itself fails unless every chunk fed upstream was written to a client.
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -30,14 +21,10 @@ def test_chunk_path_relays_every_chunk_and_prints_its_cost() -> None:
 
 
 def test_chunk_path_counts_the_bytecodes_of_each_function_on_the_path() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.chunk_path", "--bytecodes", "--chunks", "200"]
-        + ["--streams", "4", "--rounds", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    proc = run_bench(
+        "chunk_path",
+        *("--bytecodes", "--chunks", "200", "--streams", "4", "--rounds", "1"),
         timeout=120,
-        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     first, *rows = proc.stdout.splitlines()

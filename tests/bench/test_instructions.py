@@ -5,25 +5,15 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench import run_bench
 
 
 @pytest.mark.skipif(shutil.which("callgrind_control") is None, reason="valgrind is not installed")
 def test_instructions_counts_the_floor_relays_work_per_chunk_and_per_stream() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.instructions", "--smoke", "--gateways", "floor"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    proc = run_bench("instructions", "--smoke", "--gateways", "floor", timeout=600)
     # The module itself exits 1 if any stream lost, duplicated or reordered an event.
     assert proc.returncode == 0, proc.stderr[-3000:]
     match = re.fullmatch(
