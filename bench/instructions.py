@@ -18,7 +18,10 @@ figures of ``make bench``. Callgrind slows the gateway some fifty times, so the 
 paced slowly (50 ms) and the numbers here are counts, never times.
 
 Prints one line per gateway: ``<name> per_chunk N per_stream N idle_per_s N``, and exits 1
-if any stream lost, duplicated, reordered or malformed an event.
+if any stream lost, duplicated, reordered or malformed an event. With ``--keep DIR`` the
+callgrind dumps stay in DIR (one per workload, named ``cg.<pid>.<n>``; the line
+``desc: Trigger: dump <workload>`` in each names its workload), for ``callgrind_annotate``
+to tell which C functions the counts went to.
 """
 
 from __future__ import annotations
@@ -148,9 +151,13 @@ async def main_async(args: argparse.Namespace) -> int:
         tempfile.TemporaryDirectory(prefix="stagecast-instructions-") as tmp,
         Processes(pin=False) as procs,
     ):
+        out_dir = Path(tmp)
+        if args.keep is not None:
+            out_dir = args.keep
+            out_dir.mkdir(parents=True, exist_ok=True)
         mock = await procs.start_mock(None)
         for name in names:
-            got = await measure(name, procs, mock, sizes, Path(tmp))
+            got = await measure(name, procs, mock, sizes, out_dir)
             print(
                 f"{name} per_chunk {got['per_chunk']:.0f} per_stream {got['per_stream']:.0f}"
                 f" idle_per_s {got['idle_per_s']:.0f}",
@@ -172,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
         "--smoke",
         action="store_true",
         help="a few streams: correctness only (the counts are rough)",
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="keep the callgrind dumps in DIR (for callgrind_annotate)",
     )
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
