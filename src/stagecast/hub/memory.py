@@ -83,18 +83,45 @@ class _Log:
         """Append one event (see ``MemoryHub.append_nowait``); returns its sequence number."""
         frames = self.frames
         seq = len(frames) + 1
+        # One test for everything the common event is not: the first, a terminal one, one
+        # over the bounds, one whose data has line breaks (byte values: ``in`` is a memchr).
+        if (
+            seq == 1
+            or event in TERMINAL_STATUS
+            or self.terminal
+            or seq > self.max_events
+            or self.nbytes + len(data) > self.max_bytes
+            or 10 in data
+            or 13 in data
+        ):
+            return self._append_rare(event, data, seq)
+        # The common frame in one formatting step (same bytes as encode_frame).
+        frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, event.encode(), data)
+        frames.append(frame)
+        self.nbytes += len(frame)
+        self.info.last_seq = seq
+        if self.waiters:
+            self.wake()
+        if self.pushers and not self.flush_pending:
+            # Once per upstream read (the producer flushes) or else once per loop turn: the
+            # frames of one read go out in one write.
+            self.flush_pending = True
+            if not self.flush_held:
+                self.hub._running_loop().call_soon(self.flush)
+        if not seq % FLOW_EVERY:
+            self._check_pause()
+        return seq
+
+    def _append_rare(self, event: str, data: bytes, seq: int) -> int:
+        """``append`` for the first event, a terminal one, data with line breaks, or an
+        event past the bounds (refused)."""
         status = TERMINAL_STATUS.get(event)
         if self.terminal or (
             status is None and (seq > self.max_events or self.nbytes + len(data) > self.max_bytes)
         ):
             self._refuse()
-        # Byte values, not one-byte strings: ``in`` then is one memchr.
-        if seq == 1 or 10 in data or 13 in data:
-            frame = encode_frame(event, data, id=seq, retry=self.hub.retry_ms if seq == 1 else None)
-        else:
-            # The common frame in one formatting step (same bytes as encode_frame).
-            frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, event.encode(), data)
-        frames.append(frame)
+        frame = encode_frame(event, data, id=seq, retry=self.hub.retry_ms if seq == 1 else None)
+        self.frames.append(frame)
         self.nbytes += len(frame)
         self.info.last_seq = seq
         if status is not None:
@@ -106,20 +133,18 @@ class _Log:
         if self.waiters:
             self.wake()
         if self.pushers and not self.flush_pending:
-            # Once per upstream read (the producer flushes) or else once per loop turn: the
-            # frames of one read go out in one write.
             self.flush_pending = True
             if not self.flush_held:
                 self.hub._running_loop().call_soon(self.flush)
-        if (
-            not seq % FLOW_EVERY
-            and self.flow is not None
-            and not self.paused
-            and self.backlog() > FLOW_PAUSE
-        ):
+        if not seq % FLOW_EVERY:
+            self._check_pause()
+        return seq
+
+    def _check_pause(self) -> None:
+        """Pause the producer if its slowest local reader is too far behind."""
+        if self.flow is not None and not self.paused and self.backlog() > FLOW_PAUSE:
             self.paused = True
             self.flow[0]()
-        return seq
 
     def _refuse(self) -> NoReturn:
         stage_id = self.info.stage_id
@@ -155,25 +180,27 @@ class _Log:
         self.flush_pending = False
         frames = self.frames
         n = len(frames)
-        stopped: list[object] = []
+        stopped: list[object] | None = None
         for token, pusher in self.pushers.items():
             pos = pusher.pos
             if pos >= n:
                 continue
             if n - pos <= MAX_BATCH:
-                batch = frames[pos] if n - pos == 1 else b"".join(frames[pos:n])
                 try:
-                    written = pusher.push(batch)
+                    written = pusher.push(frames[pos] if n - pos == 1 else b"".join(frames[pos:n]))
                 except Exception:
                     written = False
                 if written:
                     pusher.pos = self.positions[token] = n
                     continue
+            if stopped is None:
+                stopped = []
             stopped.append(token)
         if self.terminal:
             stopped = list(self.pushers)
-        for token in stopped:
-            self.pushers.pop(token).release()
+        if stopped is not None:
+            for token in stopped:
+                self.pushers.pop(token).release()
         if self.paused:
             self.check_resume()
 
