@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -611,8 +612,36 @@ class WorkloadResult:
         return seen
 
 
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No pass of this process's garbage collector while the block runs.
+
+    The client keeps every result of a run (samples, records) in its own heap, so late in a
+    long run one full collection pauses it for tens of milliseconds, and every chunk that
+    arrives meanwhile shows that pause as latency, whichever target is being measured. So
+    the heap is collected before a workload and frozen during it (``gc.freeze``), and the
+    collector stays off until the workload ends.
+    """
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()
+
+
 async def run_workload(target: Target, workload: Workload, tag: str) -> WorkloadResult:
-    """Run ``workload`` against ``target``; stream ids are ``<tag>-<i>``."""
+    """Run ``workload`` against ``target``; stream ids are ``<tag>-<i>``. The client's
+    garbage collector is paused while it runs (``collector_paused``)."""
+    with collector_paused():
+        return await _run_workload(target, workload, tag)
+
+
+async def _run_workload(target: Target, workload: Workload, tag: str) -> WorkloadResult:
     loop = asyncio.get_running_loop()
     latencies: array[int] = array("q")
     results = [StreamResult(f"{tag}-{i}", workload.chunks) for i in range(workload.streams)]
