@@ -59,7 +59,8 @@ def _upsert(rows: int) -> str:
 
 def sqlite_time(value: datetime) -> str:
     """A datetime as the fixed-width UTC text stored in SQLite."""
-    return utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime: three times a record, and it pads the year to four digits.
+    return utc(value).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _row(record: StageRecord) -> tuple[object, ...]:
