@@ -1,9 +1,9 @@
-"""The relay's unparsed path (``ChunkNormaliser.splice``) relays exactly what parsing would.
+"""The relay's unparsed path (``ChunkNormaliser.splicer``) relays exactly what parsing would.
 
 Streams of upstream chunks, written as different model servers write them (key order,
 spacing, ASCII escapes, changing ``created``, reasoning tags, role and finish chunks, usage),
 go through two normalisers: one parses every chunk, the other first offers each chunk's bytes
-to ``splice``. Every relayed payload, and the answer, reasoning, finish reason and usage they
+to its splicer. Every relayed payload, and the answer, reasoning, finish reason and usage they
 end with, must be the same; and on the common shape the splice must actually be taken.
 """
 
@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from stagecast.backends.base import UpstreamChunk
+from stagecast.stages.context import StageStats
 from stagecast.stages.normalise import ChunkNormaliser, ReasoningMode, _plain
 
 TEXTS = st.one_of(
@@ -76,14 +77,40 @@ def encode(chunk: dict[str, Any], style: str) -> bytes:
     return json.dumps(chunk, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+PREFIX = b'{"stage_id":"s","chunk":'
+
+
+class Splicer:
+    """A normaliser's splicer, with what it emitted and counted."""
+
+    def __init__(self, norm: ChunkNormaliser) -> None:
+        self.stats = StageStats()
+        self.emitted: list[tuple[str, bytes]] = []
+        self.on_bytes = norm.splicer(
+            lambda event, data: self.emitted.append((event, data)), "chunk", PREFIX, self.stats
+        )
+
+    def __call__(self, raw: bytes) -> bytes | None:
+        """The chunk JSON it relayed for ``raw`` (None: refused, nothing emitted)."""
+        before = len(self.emitted)
+        if not self.on_bytes(raw):
+            assert len(self.emitted) == before
+            return None
+        [(event, data)] = self.emitted[before:]
+        assert event == "chunk" and data.startswith(PREFIX) and data.endswith(b"}")
+        assert self.stats.chunks == len(self.emitted)
+        return data[len(PREFIX) : -1]
+
+
 def relay_all(
     raws: list[bytes], mode: ReasoningMode, *, splice: bool
 ) -> tuple[list[bytes | None], ChunkNormaliser, int]:
     norm = ChunkNormaliser(mode)
+    splicer = Splicer(norm)
     out: list[bytes | None] = []
     spliced = 0
     for raw in raws:
-        payload = norm.splice(raw) if splice else None
+        payload = splicer(raw) if splice else None
         if payload is None:
             payload = norm.process(UpstreamChunk(orjson.loads(raw), raw))
         else:
@@ -148,6 +175,7 @@ def test_plain_chunks_after_the_first_are_spliced() -> None:
 
 def test_a_text_that_is_not_plain_is_parsed() -> None:
     norm = ChunkNormaliser("separate")
+    splice = Splicer(norm)
 
     def chunk(text: str) -> bytes:
         return orjson.dumps(
@@ -162,12 +190,12 @@ def test_a_text_that_is_not_plain_is_parsed() -> None:
 
     first = chunk("plain")
     assert norm.process(UpstreamChunk(orjson.loads(first), first)) == first
-    assert norm.splice(chunk("more")) is not None
+    assert splice(chunk("more")) == chunk("more")
     # An escape, a quote, a control character or a possible tag: parsed, never spliced.
     for text in ['a "quote"', "back\\slash", "line\nbreak", "<think>", "tab\there"]:
-        assert norm.splice(chunk(text)) is None
+        assert splice(chunk(text)) is None
     # Bytes that are not UTF-8 are not spliced either (parsing reports them).
-    assert norm.splice(chunk("x").replace(b'"x"', b'"\xff"')) is None
+    assert splice(chunk("x").replace(b'"x"', b'"\xff"')) is None
     assert norm.text == "plainmore"
 
 
@@ -184,7 +212,7 @@ def test_a_template_is_never_learned_where_the_text_is_ambiguous() -> None:
         }
     )
     norm.process(UpstreamChunk(orjson.loads(raw), raw))
-    assert norm.splice(raw.replace(b'"content":"m"', b'"content":"n"')) is None
+    assert Splicer(norm)(raw.replace(b'"content":"m"', b'"content":"n"')) is None
 
 
 def test_the_plain_check_refuses_exactly_quotes_backslashes_control_bytes_and_angle() -> None:

@@ -6,19 +6,22 @@ into the event as they came. Only chunks that need a change are rebuilt.
 Most chunks of a stream differ only in their content text. Once a chunk of that shape has
 been parsed and passed unchanged, its bytes before and after the text become the stream's
 template; a later chunk made of that same head and tail around a plain string (no escape, no
-control character, no ``<``) is relayed without being parsed at all (``splice``).
+control character, no ``<``) is relayed without being parsed at all (``splicer``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
 from stagecast.backends.base import UpstreamChunk
 from stagecast.stages.reasoning import ThinkSplitter
+
+if TYPE_CHECKING:
+    from stagecast.stages.context import EmitNow, StageStats
 
 ReasoningMode = Literal["separate", "inline", "hidden"]
 # Sees (choice, delta) of the first choice after reasoning is split off and before the answer
@@ -73,7 +76,7 @@ class ChunkNormaliser:
         # True while the think state may change how the next text reads (a <think> block
         # open, a partial tag held back): then no chunk is spliced. Only ``_choice`` changes it.
         self._held = False
-        # The splice template: the bytes before and after the content text (see splice).
+        # The splice template: the bytes before and after the content text (see splicer).
         self._head = b""
         self._tail = b""
         self._template_id: tuple[str, str] = ("", "")
@@ -92,23 +95,38 @@ class ChunkNormaliser:
         """The reasoning so far."""
         return "".join(self.reasoning_parts)
 
-    def splice(self, raw: bytes) -> bytes | None:
-        """``raw`` itself if it is the template around a new plain text (the text is taken
-        into the answer), else None: then the chunk must go through ``process``."""
-        head = self._head
-        if not head or not raw.startswith(head) or not raw.endswith(self._tail):
-            return None
-        text = raw[len(head) : len(raw) - len(self._tail)]
-        if not text or text.translate(_MARK_NOT_PLAIN) != text:  # _plain, inline
-            return None
-        if self._held:
-            return None  # the text ends a <think> block, or may continue a tag
-        try:
-            self.text_parts.append(text.decode())
-        except UnicodeDecodeError:
-            return None
-        self._id, self._model = self._template_id
-        return raw
+    def splicer(
+        self, emit: EmitNow, event: str, prefix: bytes, stats: StageStats
+    ) -> Callable[[bytes], bool]:
+        """The relay's unparsed path: a function that, given one chunk's JSON bytes ``raw``,
+        returns False and does nothing unless ``raw`` is the template around a new plain
+        text. If it is, the text is taken into the answer, the chunk is counted in
+        ``stats.chunks`` and emitted as ``event`` with the payload ``prefix + raw + b"}"``,
+        and it returns True. A chunk it refuses must go through ``process``.
+
+        One function on purpose: it runs for nearly every chunk of a stream, and the check
+        and the emit together cost one call less than apart."""
+        parts = self.text_parts
+        mark = _MARK_NOT_PLAIN
+
+        def splice(raw: bytes) -> bool:
+            head = self._head
+            if not head or self._held or not raw.startswith(head) or not raw.endswith(self._tail):
+                # No template yet; or the text may end a <think> block or continue a tag.
+                return False
+            text = raw[len(head) : len(raw) - len(self._tail)]
+            if not text or text.translate(mark) != text:  # _plain, inline
+                return False
+            try:
+                parts.append(text.decode())
+            except UnicodeDecodeError:
+                return False
+            self._id, self._model = self._template_id
+            stats.chunks += 1
+            emit(event, prefix + raw + b"}")
+            return True
+
+        return splice
 
     def process(self, chunk: UpstreamChunk) -> bytes | None:
         """Normalise one chunk; returns the JSON to relay, or None if nothing is left of it."""

@@ -3,7 +3,7 @@
 Where both ends allow it (a backend that can push chunks, a hub that appends without
 waiting), each chunk is normalised and appended on the upstream socket read itself: no task
 switch and no coroutine per chunk; a chunk that fits the stream's template is not even parsed
-(``ChunkNormaliser.splice``), and the in-process hub writes what one read brought to the
+(``ChunkNormaliser.splicer``), and the in-process hub writes what one read brought to the
 caught-up readers' sockets at the end of that read. The hub pauses the upstream read while
 the stage's readers are far behind. Otherwise the chunks are pulled one by one.
 """
@@ -28,9 +28,9 @@ def chunk_callbacks(
     """What the relay does with each chunk: ``payload`` (the event payload of a parsed chunk,
     or None), and, for a backend that pushes chunks, ``on_chunk`` (emit a parsed chunk) and
     ``on_bytes`` (emit a chunk's bytes that fit the stream's template without parsing them;
-    False if they do not). ``emit_now`` may be None only if those two are never called."""
+    False if they do not: ``ChunkNormaliser.splicer``). ``emit_now`` may be None only if
+    those two are never called."""
     process = norm.process
-    splice = norm.splice
 
     def envelope(chunk: bytes) -> bytes:
         """The event payload around one relayed chunk's JSON, counted."""
@@ -49,18 +49,14 @@ def chunk_callbacks(
         if data is not None:
             emit_now(event, data)  # type: ignore[misc]
 
-    def on_bytes(raw: bytes) -> bool:
-        """Relay a chunk that fits the stream's template without parsing it."""
-        out = splice(raw)
-        if out is None:
-            return False
-        # ``envelope`` without its first-token check: a template is only learned from a
-        # chunk that was relayed already. One call less on the hottest path.
-        stats.chunks += 1
-        emit_now(event, prefix + out + b"}")  # type: ignore[misc]
-        return True
-
+    # A template is only learned from a chunk that was relayed already, so a spliced chunk is
+    # never the first token: the splice path has no first-token check.
+    on_bytes = norm.splicer(emit_now or _no_emit, event, prefix, stats)
     return payload, on_chunk, on_bytes
+
+
+def _no_emit(event: str, data: bytes) -> None:
+    raise RuntimeError("chunk_callbacks: on_bytes needs emit_now")
 
 
 async def relay(
