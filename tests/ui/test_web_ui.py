@@ -633,7 +633,11 @@ def test_stop_cancels_with_the_key(new_page: Any, keyed_ui_gateway: UIGateway) -
     page.on("response", lambda r: cancels.append(r) if r.url.endswith("/cancel") else None)
     send(page, "Count slowly")
     expect(answer(page)).to_contain_text("s2")
-    page.get_by_role("button", name="Stop").click()
+    # The page may show "cancelled" before the cancel request's response has come back:
+    # wait for that response itself, not for the page.
+    with page.expect_response(lambda r: r.url.endswith("/cancel"), timeout=WAIT_MS) as sent:
+        page.get_by_role("button", name="Stop").click()
+    assert sent.value.status == 200
     expect(status(page)).to_have_text("cancelled")
     record = upstream.wait_disconnected(0, timeout=WAIT_MS / 1000)
     assert record.finished_at is None
