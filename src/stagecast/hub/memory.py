@@ -23,6 +23,7 @@ from stagecast.hub.base import (
     ReaderLagError,
     StageInfo,
     StageNotFoundError,
+    StageStatus,
 )
 from stagecast.protocol.sse import SSEDecoder, encode_frame
 
@@ -83,6 +84,7 @@ class _Log:
         """Append one event (see ``MemoryHub.append_nowait``); returns its sequence number."""
         frames = self.frames
         seq = len(frames) + 1
+        status: StageStatus | None = None
         # One test for everything the common event is not: the first, a terminal one, one
         # over the bounds, one whose data has line breaks (byte values: ``in`` is a memchr).
         if (
@@ -94,12 +96,15 @@ class _Log:
             or 10 in data
             or 13 in data
         ):
-            return self._append_rare(event, data, seq)
-        # The common frame in one formatting step (same bytes as encode_frame).
-        frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, event.encode(), data)
+            frame, status = self._rare_frame(event, data, seq)
+        else:
+            # The common frame in one formatting step (same bytes as encode_frame).
+            frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, event.encode(), data)
         frames.append(frame)
         self.nbytes += len(frame)
         self.info.last_seq = seq
+        if status is not None:
+            self._end(status)
         if self.waiters:
             self.wake()
         if self.pushers and not self.flush_pending:
@@ -112,33 +117,24 @@ class _Log:
             self._check_pause()
         return seq
 
-    def _append_rare(self, event: str, data: bytes, seq: int) -> int:
-        """``append`` for the first event, a terminal one, data with line breaks, or an
-        event past the bounds (refused)."""
+    def _rare_frame(self, event: str, data: bytes, seq: int) -> tuple[bytes, StageStatus | None]:
+        """The frame of an event that is not the common one (see ``append``), and the status
+        it ends the stage with, if it is terminal; refused past the bounds or after the end."""
         status = TERMINAL_STATUS.get(event)
         if self.terminal or (
             status is None and (seq > self.max_events or self.nbytes + len(data) > self.max_bytes)
         ):
             self._refuse()
         frame = encode_frame(event, data, id=seq, retry=self.hub.retry_ms if seq == 1 else None)
-        self.frames.append(frame)
-        self.nbytes += len(frame)
-        self.info.last_seq = seq
-        if status is not None:
-            self.terminal = True
-            self.info.status = status
-            self.info.finished_at = time.time()
-            self.cancel_callbacks.clear()
-            self.hub._retain(self.info.stage_id, self)
-        if self.waiters:
-            self.wake()
-        if self.pushers and not self.flush_pending:
-            self.flush_pending = True
-            if not self.flush_held:
-                self.hub._running_loop().call_soon(self.flush)
-        if not seq % FLOW_EVERY:
-            self._check_pause()
-        return seq
+        return frame, status
+
+    def _end(self, status: StageStatus) -> None:
+        """The terminal event is in: the stage has ended, and the hub keeps its log a while."""
+        self.terminal = True
+        self.info.status = status
+        self.info.finished_at = time.time()
+        self.cancel_callbacks.clear()
+        self.hub._retain(self.info.stage_id, self)
 
     def _check_pause(self) -> None:
         """Pause the producer if its slowest local reader is too far behind."""
