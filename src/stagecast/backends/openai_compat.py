@@ -410,9 +410,11 @@ class _ChunkReader:
             payload = piece[6:-2]
             splice = self._splice
             if splice is not None and splice(payload):
+                # Relayed: a splice is only offered while a handler is pumping, so nothing
+                # waits in ``_ready`` for a puller to be woken.
                 self._dog.last = _monotonic()
-            else:
-                self._parse(payload)
+                return
+            self._parse(payload)
         else:
             self._split(piece)
         if self._handler is None and self._ready:
