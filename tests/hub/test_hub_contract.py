@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -676,5 +677,28 @@ async def test_memory_hub_keeps_ended_stages_within_its_byte_budget() -> None:
         # The same id may run again once its old log is gone or ended.
         await hub.open("s4", owner="runner", meta={})
         assert (await hub.info("s4")).status == "running"  # type: ignore[union-attr]
+    finally:
+        await hub.aclose()
+
+
+async def test_memory_hub_keeps_an_ended_log_out_of_the_collectors_passes() -> None:
+    """A retained log's frames stop being walked by the garbage collector once its stage has
+    ended (a pause of every stream otherwise grows with every stage retained), and a reader
+    still on it, or one that comes later to replay it, gets every frame."""
+    hub = MemoryHub(ttl=600.0)
+    try:
+        await hub.open("s1", owner="runner", meta={})
+        live = hub.tail("s1")
+        await hub.append("s1", "chunk", b'{"n":1}')
+        assert (await anext(live)).startswith(b"id: 1\n")
+        for n in range(2, 6):
+            await hub.append("s1", "chunk", b'{"n":%d}' % n)
+        await hub.append("s1", "done", b"{}")
+        gc.collect()  # tuples holding only bytes are let go by the collector in a pass
+        assert not gc.is_tracked(hub._logs["s1"].frames)
+        rest = b"".join([frame async for frame in live])
+        assert rest.count(b"event: chunk") == 4 and rest.endswith(b"event: done\ndata: {}\n\n")
+        assert [e[0] for e in await hub.events("s1")] == [1, 2, 3, 4, 5, 6]
+        assert ids(await read_all(hub, "s1", after=3)) == [4, 5, 6]
     finally:
         await hub.aclose()

@@ -130,6 +130,11 @@ class _Log:
 
     def _end(self, status: StageStatus) -> None:
         """The terminal event is in: the stage has ended, and the hub keeps its log a while."""
+        # An ended log never changes again. Kept as a list, its frames would be walked by
+        # every full pass of the garbage collector for as long as the stage is retained (ten
+        # minutes by default): with a few thousand stages retained, some 100 ms a pass, a
+        # stall of every live stream. A tuple of bytes is left out of those passes.
+        self.frames = tuple(self.frames)  # type: ignore[assignment]
         self.terminal = True
         self.info.status = status
         self.info.finished_at = time.time()
