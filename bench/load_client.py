@@ -616,9 +616,9 @@ class WorkloadResult:
 def collector_paused() -> Iterator[None]:
     """No pass of this process's garbage collector while the block runs.
 
-    The client keeps every result of a run (samples, records) in its own heap, so late in a
-    long run one full collection pauses it for tens of milliseconds, and every chunk that
-    arrives meanwhile shows that pause as latency, whichever target is being measured. So
+    The client keeps every result of a run (samples, records) in its own heap, so a full
+    collection pauses it the longer the later in a run, and every chunk that arrives
+    meanwhile shows that pause as latency, whichever target is being measured. So
     the heap is collected before a workload and frozen during it (``gc.freeze``), and the
     collector stays off until the workload ends.
     """
