@@ -504,10 +504,10 @@ class RedisHub:
         backoff = 0.1
         while True:
             try:
-                msg = await pubsub.get_message(timeout=_LISTEN_IDLE)
+                msg = await _keep_cancel(pubsub.get_message(timeout=_LISTEN_IDLE))
                 if msg is None:
                     # A quiet link may be a dead one; the ping fails (and we reconnect) if so.
-                    await pubsub.ping()
+                    await _keep_cancel(pubsub.ping())
                     continue
                 backoff = 0.1
                 if msg["type"] == "message":
@@ -538,7 +538,9 @@ class RedisHub:
             if not keys:
                 continue
             try:
-                await self._renew_script(keys=keys, args=[lease_ms, self.replica_id])
+                # A cancel (``aclose``) lost inside this call would leave the keeper renewing
+                # the leases of a hub that has closed: its stages could never be reaped.
+                await _keep_cancel(self._renew_script(keys=keys, args=[lease_ms, self.replica_id]))
             except (RedisError, OSError) as exc:
                 log.warning(
                     "could not renew stage leases",
