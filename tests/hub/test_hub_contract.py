@@ -702,3 +702,52 @@ async def test_memory_hub_keeps_an_ended_log_out_of_the_collectors_passes() -> N
         assert ids(await read_all(hub, "s1", after=3)) == [4, 5, 6]
     finally:
         await hub.aclose()
+
+
+async def test_memory_hub_forgets_ended_stages_in_the_order_their_ttl_runs_out() -> None:
+    """Every ended stage is kept for its own ``ttl`` from its end: one that ended later is
+    still there when an earlier one has gone, and goes in its turn."""
+    hub = MemoryHub(ttl=0.6)
+    try:
+        for stage_id in ("early", "late"):
+            await hub.open(stage_id, owner="runner", meta={})
+            await hub.append(stage_id, "chunk", b"{}")
+            await hub.append(stage_id, "done", b"{}")
+            if stage_id == "early":
+                await asyncio.sleep(0.4)
+        await wait_expired(hub, "early")
+        info = await hub.info("late")
+        assert info is not None and info.status == "done"
+        assert ids(await read_all(hub, "late")) == [1, 2]
+        await wait_expired(hub, "late")
+        # A stage that ends after the others have gone is kept for its ttl again.
+        await hub.open("again", owner="runner", meta={})
+        await hub.append("again", "done", b"{}")
+        assert ids(await read_all(hub, "again")) == [1]
+        await wait_expired(hub, "again")
+    finally:
+        await hub.aclose()
+
+
+async def test_memory_hub_keeps_an_ended_stage_in_a_few_tracked_objects() -> None:
+    """Ended stages stay for ten minutes by default, thousands of them on a busy gateway, and
+    every object of theirs that the garbage collector tracks is walked by its older passes,
+    which stall every live stream: a retained stage keeps only a handful (its log, its info
+    and two empty lists; no timer of its own)."""
+    hub = MemoryHub(ttl=600.0)
+    stages = 200
+    try:
+        gc.collect()
+        before = len(gc.get_objects())
+        for n in range(stages):
+            stage_id = f"s{n}"
+            await hub.open(stage_id, owner="runner", meta={"role": "fast", "mode": "chat"})
+            for seq in range(5):
+                await hub.append(stage_id, "chunk", b'{"n":%d}' % seq)
+            await hub.append(stage_id, "done", b"{}")
+        gc.collect()
+        per_stage = (len(gc.get_objects()) - before) / stages
+        assert per_stage <= 4.5
+        assert [e[0] for e in await hub.events("s0")] == [1, 2, 3, 4, 5, 6]
+    finally:
+        await hub.aclose()

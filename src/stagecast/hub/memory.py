@@ -39,6 +39,7 @@ FLOW_EVERY = 64
 class _Log:
     __slots__ = (
         "cancel_callbacks",
+        "expires",
         "flow",
         "flush_held",
         "flush_pending",
@@ -79,6 +80,8 @@ class _Log:
         self.flush_pending = False
         # The producer flushes at the end of each of its reads (``MemoryHub.hold_flush``).
         self.flush_held = False
+        # When the hub forgets the ended stage (loop time; set when it ends).
+        self.expires = 0.0
 
     def append(self, event: str, data: bytes) -> int:
         """Append one event (see ``MemoryHub.append_nowait``); returns its sequence number."""
@@ -242,11 +245,13 @@ class MemoryHub:
         self.max_reader_lag = max_reader_lag
         self.retry_ms = retry_ms
         self._logs: dict[str, _Log] = {}
-        self._expiry: dict[str, asyncio.TimerHandle] = {}
         # Ended stages kept for replay, oldest first, and their frames' bytes: past
-        # ``max_retained_bytes`` the oldest go before their ``ttl``.
+        # ``max_retained_bytes`` the oldest go before their ``ttl``. With one ``ttl`` for all,
+        # oldest first is also soonest to expire: one timer, for the first, forgets them all
+        # in turn (``_sweep``), rather than one timer per ended stage.
         self._retained: dict[str, _Log] = {}
         self._retained_bytes = 0
+        self._sweeper: asyncio.TimerHandle | None = None
         # The loop the stages are on, held from the first open: asyncio's lookup of the
         # running loop costs a system call.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -323,20 +328,31 @@ class MemoryHub:
 
     def _retain(self, stage_id: str, log: _Log) -> None:
         """Keep an ended stage for replay: for ``ttl``, or until newer ones need the room."""
-        self._expiry[stage_id] = self._running_loop().call_later(
-            self.ttl, self._drop, stage_id, log
-        )
+        loop = self._running_loop()
+        log.expires = loop.time() + self.ttl
         self._retained[stage_id] = log
         self._retained_bytes += log.nbytes
         while self._retained_bytes > self.max_retained_bytes and len(self._retained) > 1:
             oldest = next(iter(self._retained))
             self._drop(oldest, self._retained[oldest])
+        if self._sweeper is None:
+            self._sweeper = loop.call_at(log.expires, self._sweep)
+
+    def _sweep(self) -> None:
+        """Forget the ended stages whose ``ttl`` is over, and wait for the next one."""
+        self._sweeper = None
+        loop = self._running_loop()
+        now = loop.time()
+        retained = self._retained
+        while retained:
+            stage_id, log = next(iter(retained.items()))
+            if log.expires > now:
+                self._sweeper = loop.call_at(log.expires, self._sweep)
+                return
+            self._drop(stage_id, log)
 
     def _drop(self, stage_id: str, log: _Log) -> None:
         """Forget an ended stage (readers still on it finish; new ones get not-found)."""
-        handle = self._expiry.pop(stage_id, None)
-        if handle is not None:
-            handle.cancel()
         if self._retained.get(stage_id) is log:
             del self._retained[stage_id]
             self._retained_bytes -= log.nbytes
@@ -462,9 +478,9 @@ class MemoryHub:
         for beats in self._beats.values():
             beats.cancel()
         self._beats.clear()
-        for handle in self._expiry.values():
-            handle.cancel()
-        self._expiry.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         self._retained.clear()
         self._retained_bytes = 0
         for log in self._logs.values():
