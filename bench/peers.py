@@ -7,7 +7,9 @@ another. CPU time and memory come from ``/proc`` and include child processes.
 
 ``python -m bench.peers stagecast --port P --upstream URL`` is the stagecast launcher: it
 builds ``Settings`` in code and calls ``stagecast.server.run_server``, which is exactly what
-``stagecast serve`` does (uvicorn with uvloop and httptools).
+``stagecast serve`` does (uvicorn with uvloop and httptools). On SIGUSR1 it collects garbage and
+writes ``tracked_objects N`` to its log (stderr): the objects the garbage collector tracks,
+for ``bench.objects``; nothing else of the benchmark sends it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import secrets
 import select
@@ -393,12 +396,19 @@ async def _wait_ready(proc: Proc, path: str, *, timeout: float) -> None:
     raise RuntimeError(f"{proc.name} not ready after {timeout:g}s ({last}):\n{proc.log_tail()}")
 
 
+def report_tracked_objects(signum: int, frame: object) -> None:
+    """SIGUSR1: the live objects the garbage collector tracks, after a collection, on stderr."""
+    gc.collect()
+    print(f"tracked_objects {len(gc.get_objects())}", file=sys.stderr, flush=True)
+
+
 def serve_stagecast(port: int, upstream: str, database_path: str) -> None:
     """Run stagecast the way ``stagecast serve`` does, with the benchmark's one role."""
     from stagecast.config import ModelConfig, Settings
     from stagecast.server import run_server
 
     raise_nofile_limit()
+    signal.signal(signal.SIGUSR1, report_tracked_objects)
     settings = Settings(
         host=HOST,
         port=port,
