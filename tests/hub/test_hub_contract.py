@@ -729,25 +729,48 @@ async def test_memory_hub_forgets_ended_stages_in_the_order_their_ttl_runs_out()
         await hub.aclose()
 
 
-async def test_memory_hub_keeps_an_ended_stage_in_a_few_tracked_objects() -> None:
+async def test_memory_hub_keeps_an_ended_stage_in_two_tracked_objects() -> None:
     """Ended stages stay for ten minutes by default, thousands of them on a busy gateway, and
     every object of theirs that the garbage collector tracks is walked by its older passes,
-    which stall every live stream: a retained stage keeps only a handful (its log, its info
-    and two empty lists; no timer of its own)."""
+    which stall every live stream: a retained stage keeps two, its log and its info (no timer
+    of its own, nor the containers its readers and its cancel used), and the readers that
+    were on it when it ended still get every frame."""
     hub = MemoryHub(ttl=600.0)
     stages = 200
+    pushed: list[bytes] = []
+
+    def push(body: bytes) -> bool:
+        pushed.append(body)
+        return True
+
+    async def drain(tail: AsyncIterator[bytes]) -> bytes:
+        return b"".join([frame async for frame in tail])
+
+    readers: list[asyncio.Task[bytes]] = []
     try:
         gc.collect()
         before = len(gc.get_objects())
         for n in range(stages):
             stage_id = f"s{n}"
             await hub.open(stage_id, owner="runner", meta={"role": "fast", "mode": "chat"})
+            hub.on_cancel(stage_id, lambda: None)
+            # One reader waits to be woken, one is written to on append.
+            waiting = asyncio.ensure_future(drain(hub.tail(stage_id)))
+            on_push = asyncio.ensure_future(drain(hub.tail(stage_id, push=push)))
+            await asyncio.sleep(0)
             for seq in range(5):
                 await hub.append(stage_id, "chunk", b'{"n":%d}' % seq)
+                await asyncio.sleep(0)
             await hub.append(stage_id, "done", b"{}")
+            assert (await waiting).count(b"event: ") == 6
+            readers.append(on_push)
+        for task in readers:
+            await task
+        del waiting, on_push, readers
         gc.collect()
         per_stage = (len(gc.get_objects()) - before) / stages
-        assert per_stage <= 4.5
+        assert per_stage <= 2.5
+        assert b"".join(pushed).count(b"event: done") == stages
         assert [e[0] for e in await hub.events("s0")] == [1, 2, 3, 4, 5, 6]
     finally:
         await hub.aclose()

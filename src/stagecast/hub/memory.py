@@ -66,10 +66,13 @@ class _Log:
         self.max_bytes = hub.max_bytes
         self.frames: list[bytes] = []
         self.nbytes = 0
-        self.waiters: list[asyncio.Future[None]] = []
+        # Readers waiting for the next frame (a dict used as an ordered set), and what to call
+        # on a cancel. Both are dropped for empty ones the garbage collector does not track
+        # (a new dict, an empty tuple) once they are done with; see ``_end``.
+        self.waiters: dict[asyncio.Future[None], None] = {}
         self.terminal = False
         self.readers = 0
-        self.cancel_callbacks: list[Callable[[], None]] = []
+        self.cancel_callbacks: tuple[Callable[[], None], ...] = ()
         # Where each local reader is (by reader token), and the producer's pause/resume.
         self.positions: dict[object, int] = {}
         self.flow: tuple[Callable[[], None], Callable[[], None]] | None = None
@@ -141,7 +144,13 @@ class _Log:
         self.terminal = True
         self.info.status = status
         self.info.finished_at = time.time()
-        self.cancel_callbacks.clear()
+        # The same goes for the log's other containers: what a retained stage keeps, the
+        # collector walks. Readers still waiting are woken with a new (untracked) dict left in
+        # their place, and pushed readers are let go the same way (``flush``): the ended log
+        # is two tracked objects, itself and its info.
+        self.cancel_callbacks = ()
+        if not self.pushers:
+            self.pushers = {}
         self.hub._retain(self.info.stage_id, self)
 
     def _check_pause(self) -> None:
@@ -170,7 +179,7 @@ class _Log:
                 self.flow[1]()
 
     def wake(self) -> None:
-        waiters, self.waiters = self.waiters, []
+        waiters, self.waiters = self.waiters, {}
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
@@ -201,8 +210,11 @@ class _Log:
                 stopped = []
             stopped.append(token)
         if self.terminal:
-            stopped = list(self.pushers)
-        if stopped is not None:
+            # Every pushed reader goes back to its task to finish.
+            pushers, self.pushers = self.pushers, {}
+            for pusher in pushers.values():
+                pusher.release()
+        elif stopped is not None:
             for token in stopped:
                 self.pushers.pop(token).release()
         if self.paused:
@@ -408,7 +420,7 @@ class MemoryHub:
                 fut: asyncio.Future[None] = loop.create_future()
                 pusher = None
                 if push is None:
-                    log.waiters.append(fut)
+                    log.waiters[fut] = None
                 else:
                     pusher = log.pushers[token] = _Pusher(push, fut, pos)
                 if beats is not None:
@@ -450,7 +462,7 @@ class MemoryHub:
         log = self._logs.get(stage_id)
         if log is None or log.terminal:
             return False
-        for callback in list(log.cancel_callbacks):
+        for callback in log.cancel_callbacks:
             callback()
         return True
 
@@ -458,7 +470,7 @@ class MemoryHub:
         log = self._logs.get(stage_id)
         if log is None:
             raise StageNotFoundError(f"stage {stage_id!r} is not open")
-        log.cancel_callbacks.append(callback)
+        log.cancel_callbacks += (callback,)
 
     async def attach(self, stage_id: str) -> int:
         log = self._logs.get(stage_id)
