@@ -17,7 +17,8 @@ def test_objects_counts_what_live_streams_and_ended_stages_keep() -> None:
     )
     assert match is not None, proc.stdout
     live, retained = float(match.group(1)), float(match.group(2))
-    # A live stream holds at least its request's protocol, its task and its stage's log; an
-    # ended stage keeps its log for replay, and much less than while it ran.
-    assert live > 20
-    assert 0 < retained < live
+    # A live stream holds at least its request's protocol, its task and its stage's log (144
+    # objects on the code of this line); an ended stage keeps its log and its info for replay
+    # (11 before the hub's expiry used one timer and an ended log let go of its containers).
+    assert 20 < live < 200
+    assert 0 < retained < 4

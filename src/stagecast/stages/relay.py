@@ -30,29 +30,49 @@ def chunk_callbacks(
     ``on_bytes`` (emit a chunk's bytes that fit the stream's template without parsing them;
     False if they do not: ``ChunkNormaliser.splicer``). ``emit_now`` may be None only if
     those two are never called."""
-    process = norm.process
-
-    def envelope(chunk: bytes) -> bytes:
-        """The event payload around one relayed chunk's JSON, counted."""
-        if stats.first_token_at is None:
-            stats.first_token_at = time.time()
-        stats.chunks += 1
-        return prefix + chunk + b"}"
-
-    def payload(upstream: UpstreamChunk) -> bytes | None:
-        """The event payload for one upstream chunk (None: nothing of it is relayed)."""
-        out = process(upstream)
-        return None if out is None else envelope(out)
-
-    def on_chunk(upstream: UpstreamChunk) -> None:
-        data = payload(upstream)
-        if data is not None:
-            emit_now(event, data)  # type: ignore[misc]
-
+    sink = _ParsedChunks(stats, norm, prefix, emit_now, event)
     # A template is only learned from a chunk that was relayed already, so a spliced chunk is
     # never the first token: the splice path has no first-token check.
     on_bytes = norm.splicer(emit_now or _no_emit, event, prefix, stats)
-    return payload, on_chunk, on_bytes
+    return sink.payload, sink.on_chunk, on_bytes
+
+
+class _ParsedChunks:
+    """``payload`` and ``on_chunk`` of ``chunk_callbacks``: methods of one object rather than
+    closures, as they live as long as their stage (a closure, its cells and their tuple are
+    each an object the garbage collector walks, for every live stream)."""
+
+    __slots__ = ("emit_now", "event", "prefix", "process", "stats")
+
+    def __init__(
+        self,
+        stats: StageStats,
+        norm: ChunkNormaliser,
+        prefix: bytes,
+        emit_now: EmitNow | None,
+        event: str,
+    ) -> None:
+        self.stats = stats
+        self.process = norm.process
+        self.prefix = prefix
+        self.emit_now = emit_now
+        self.event = event
+
+    def payload(self, upstream: UpstreamChunk) -> bytes | None:
+        """The event payload for one upstream chunk (None: nothing of it is relayed), counted."""
+        out = self.process(upstream)
+        if out is None:
+            return None
+        stats = self.stats
+        if stats.first_token_at is None:
+            stats.first_token_at = time.time()
+        stats.chunks += 1
+        return self.prefix + out + b"}"
+
+    def on_chunk(self, upstream: UpstreamChunk) -> None:
+        data = self.payload(upstream)
+        if data is not None:
+            self.emit_now(self.event, data)  # type: ignore[misc]
 
 
 def _no_emit(event: str, data: bytes) -> None:

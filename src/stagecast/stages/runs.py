@@ -81,10 +81,20 @@ EndHook = Callable[[StageEnd], None]
 class StageRun:
     """One running stage: its task, its counters, and why it was cancelled (if it was)."""
 
-    __slots__ = ("aborted_upstream", "ctx", "finished", "on_disconnect", "stage_id", "task", "why")
+    __slots__ = (
+        "aborted_upstream",
+        "ctx",
+        "finished",
+        "manager",
+        "on_disconnect",
+        "stage_id",
+        "task",
+        "why",
+    )
 
-    def __init__(self, ctx: StageContext) -> None:
+    def __init__(self, ctx: StageContext, manager: StageManager) -> None:
         self.ctx = ctx
+        self.manager = manager
         self.stage_id = ctx.stage_id
         self.on_disconnect = ctx.request.on_disconnect
         self.task: asyncio.Task[None] | None = None
@@ -99,6 +109,17 @@ class StageRun:
             # Read now: unwinding the run closes the upstream request and clears the flag.
             self.aborted_upstream = self.ctx.stats.upstream_open
             self.task.cancel()
+
+    # Bound methods of the run rather than closures: they live as long as the run, and a
+    # closure, its cells and their tuple are each an object the garbage collector walks.
+
+    def cancel_by_client(self) -> None:
+        """The hub's cancel callback: a client asked to cancel the stage."""
+        self.cancel("client")
+
+    def reap(self, task: asyncio.Task[None]) -> None:
+        """The task's done callback: the manager forgets the run."""
+        self.manager._reap(self)
 
 
 class StageManager:
@@ -162,14 +183,14 @@ class StageManager:
         hold_flush = getattr(hub, "hold_flush", None)
         if hold_flush is not None:
             ctx.hold_flush = functools.partial(hold_flush, stage_id)
-        run = StageRun(ctx)
+        run = StageRun(ctx, self)
         self.runs[stage_id] = run
-        hub.on_cancel(stage_id, lambda: run.cancel("client"))
+        hub.on_cancel(stage_id, run.cancel_by_client)
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         run.task = loop.create_task(self._drive(run), name=f"stage-{stage_id}")
-        run.task.add_done_callback(lambda _t: self._reap(run))
+        run.task.add_done_callback(run.reap)
         return run
 
     async def run_inline(self, ctx: StageContext) -> StageOutcome:
