@@ -17,7 +17,7 @@ def test_objects_counts_what_live_streams_and_ended_stages_keep() -> None:
     )
     assert match is not None, proc.stdout
     live, retained = float(match.group(1)), float(match.group(2))
-    # A live stream holds at least its request's protocol, its task and its stage's log (144
+    # A live stream holds at least its request's protocol, its task and its stage's log (140
     # objects on the code of this line); an ended stage keeps its log and its info for replay
     # (11 before the hub's expiry used one timer and an ended log let go of its containers).
     assert 20 < live < 200

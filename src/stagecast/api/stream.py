@@ -78,15 +78,7 @@ class StageEventStream(Response):
         # listening on ``receive``.
         this = asyncio.current_task()
         assert this is not None
-        writing = True
-        left = False
-
-        def on_leave(_: object = None) -> None:
-            nonlocal left
-            if writing:
-                left = True
-                this.cancel()
-
+        on_leave = _Leaving(this)
         watcher: asyncio.Task[None] | None = None
         if not isinstance(push, BodyPush):
             watcher = asyncio.ensure_future(_wait_disconnect(receive))
@@ -97,11 +89,11 @@ class StageEventStream(Response):
         try:
             outcome = await self._write(send, push)
         except asyncio.CancelledError:
-            if not left:
+            if not on_leave.left:
                 raise
             this.uncancel()
         finally:
-            writing = False
+            on_leave.writing = False
             if watcher is not None:
                 watcher.cancel()
             elif isinstance(push, BodyPush):
@@ -144,6 +136,25 @@ class StageEventStream(Response):
                 await self.hub.request_cancel(self.stage_id)
         except Exception:
             log.exception("could not detach reader", extra={"stage_id": self.stage_id})
+
+
+class _Leaving:
+    """Called when the client leaves (by the server's writer, or by the task listening on
+    ``receive``): while the response is still being written, its task is cancelled. An
+    object, not a closure, as it lives as long as the stream (a closure, its cells and their
+    tuple are each an object the garbage collector walks, for every live stream)."""
+
+    __slots__ = ("left", "task", "writing")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self.task = task
+        self.writing = True
+        self.left = False
+
+    def __call__(self, _: object = None) -> None:
+        if self.writing:
+            self.left = True
+            self.task.cancel()
 
 
 async def _wait_disconnect(receive: Receive) -> None:
