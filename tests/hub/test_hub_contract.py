@@ -707,14 +707,14 @@ async def test_memory_hub_keeps_an_ended_log_out_of_the_collectors_passes() -> N
 async def test_memory_hub_forgets_ended_stages_in_the_order_their_ttl_runs_out() -> None:
     """Every ended stage is kept for its own ``ttl`` from its end: one that ended later is
     still there when an earlier one has gone, and goes in its turn."""
-    hub = MemoryHub(ttl=0.6)
+    hub = MemoryHub(ttl=1.2)
     try:
         for stage_id in ("early", "late"):
             await hub.open(stage_id, owner="runner", meta={})
             await hub.append(stage_id, "chunk", b"{}")
             await hub.append(stage_id, "done", b"{}")
             if stage_id == "early":
-                await asyncio.sleep(0.4)
+                await asyncio.sleep(0.8)
         await wait_expired(hub, "early")
         info = await hub.info("late")
         assert info is not None and info.status == "done"
