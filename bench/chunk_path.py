@@ -138,7 +138,7 @@ async def open_stream(hub: MemoryHub, pool: Pool, stage_id: str) -> Stream:
     chunks = _ChunkReader(conn, dog, "http://bench")
     norm = ChunkNormaliser(model="mock")
     prefix = b'{"stage_id":"' + stage_id.encode() + b'","chunk":'
-    _, on_chunk, on_bytes = chunk_callbacks(StageStats(), norm, prefix, emit_now, "chunk")
+    on_chunk, on_bytes = chunk_callbacks(StageStats(), norm, prefix, emit_now, "chunk")
     flush = hub.hold_flush(stage_id, True)
     # As the relay does: from here on every read runs the callbacks, until the stream ends.
     pump = loop.create_task(chunks.pump(on_chunk, on_bytes, flush))

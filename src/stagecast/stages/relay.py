@@ -19,28 +19,22 @@ from stagecast.stages.normalise import ChunkNormaliser
 
 
 def chunk_callbacks(
-    stats: StageStats, norm: ChunkNormaliser, prefix: bytes, emit_now: EmitNow | None, event: str
-) -> tuple[
-    Callable[[UpstreamChunk], bytes | None],
-    Callable[[UpstreamChunk], None],
-    Callable[[bytes], bool],
-]:
-    """What the relay does with each chunk: ``payload`` (the event payload of a parsed chunk,
-    or None), and, for a backend that pushes chunks, ``on_chunk`` (emit a parsed chunk) and
-    ``on_bytes`` (emit a chunk's bytes that fit the stream's template without parsing them;
-    False if they do not: ``ChunkNormaliser.splicer``). ``emit_now`` may be None only if
-    those two are never called."""
-    sink = _ParsedChunks(stats, norm, prefix, emit_now, event)
+    stats: StageStats, norm: ChunkNormaliser, prefix: bytes, emit_now: EmitNow, event: str
+) -> tuple[Callable[[UpstreamChunk], None], Callable[[bytes], bool]]:
+    """What the relay does with each chunk of a backend that pushes them: ``on_chunk`` (emit
+    a parsed chunk) and ``on_bytes`` (emit a chunk's bytes that fit the stream's template
+    without parsing them; False if they do not: ``ChunkNormaliser.splicer``)."""
+    sink = _ParsedChunks(stats, norm, prefix, event, emit_now)
     # A template is only learned from a chunk that was relayed already, so a spliced chunk is
     # never the first token: the splice path has no first-token check.
-    on_bytes = norm.splicer(emit_now or _no_emit, event, prefix, stats)
-    return sink.payload, sink.on_chunk, on_bytes
+    return sink.on_chunk, norm.splicer(emit_now, event, prefix, stats)
 
 
 class _ParsedChunks:
-    """``payload`` and ``on_chunk`` of ``chunk_callbacks``: methods of one object rather than
-    closures, as they live as long as their stage (a closure, its cells and their tuple are
-    each an object the garbage collector walks, for every live stream)."""
+    """``payload`` (the event payload of a parsed chunk, or None) and, with ``emit_now``,
+    ``on_chunk`` (emit it): methods of one object rather than closures, as they live as long
+    as their stage (a closure, its cells and their tuple are each an object the garbage
+    collector walks, for every live stream)."""
 
     __slots__ = ("emit_now", "event", "prefix", "process", "stats")
 
@@ -49,14 +43,14 @@ class _ParsedChunks:
         stats: StageStats,
         norm: ChunkNormaliser,
         prefix: bytes,
-        emit_now: EmitNow | None,
         event: str,
+        emit_now: EmitNow | None = None,
     ) -> None:
         self.stats = stats
         self.process = norm.process
         self.prefix = prefix
-        self.emit_now = emit_now
         self.event = event
+        self.emit_now = emit_now
 
     def payload(self, upstream: UpstreamChunk) -> bytes | None:
         """The event payload for one upstream chunk (None: nothing of it is relayed), counted."""
@@ -70,13 +64,10 @@ class _ParsedChunks:
         return self.prefix + out + b"}"
 
     def on_chunk(self, upstream: UpstreamChunk) -> None:
+        """Emit one parsed chunk; only on an object made with ``emit_now``."""
         data = self.payload(upstream)
         if data is not None:
             self.emit_now(self.event, data)  # type: ignore[misc]
-
-
-def _no_emit(event: str, data: bytes) -> None:
-    raise RuntimeError("chunk_callbacks: on_bytes needs emit_now")
 
 
 async def relay(
@@ -87,14 +78,17 @@ async def relay(
     stats.text_parts = norm.text_parts
     emit = ctx.emit
     emit_now = ctx.emit_nowait
-    payload, on_chunk, on_bytes = chunk_callbacks(stats, norm, ctx.prefix(field), emit_now, event)
+    prefix = ctx.prefix(field)
+    # Made before the request, off the first-token path; only for a hub that appends
+    # without waiting (a backend that pushes chunks calls them on its reads).
+    push = chunk_callbacks(stats, norm, prefix, emit_now, event) if emit_now is not None else None
 
     # Open from the request on, so a cancel during the first-token wait counts as an abort.
     stats.upstream_open = True
     try:
         async with ctx.router.stream(ctx.role, call) as chunks:
             pump = getattr(chunks, "pump", None)
-            if pump is not None and emit_now is not None:
+            if pump is not None and push is not None:
                 flow = getattr(chunks, "flow", None)
                 set_flow = ctx.set_flow if flow is not None else None
                 if set_flow is not None:
@@ -102,13 +96,14 @@ async def relay(
                 hold_flush = ctx.hold_flush
                 flush = hold_flush(True) if hold_flush is not None else None
                 try:
-                    await pump(on_chunk, on_bytes, flush)
+                    await pump(*push, flush)
                 finally:
                     if hold_flush is not None:
                         hold_flush(False)
                     if set_flow is not None:
                         set_flow(None)
                 return
+            payload = _ParsedChunks(stats, norm, prefix, event).payload
             async for upstream in chunks:
                 data = payload(upstream)
                 if data is not None:
