@@ -103,7 +103,12 @@ def process_tree(pid: int) -> list[int]:
 
 def cpu_seconds(pids: list[int]) -> float:
     """User plus system CPU time of these processes (all their threads), from /proc/<pid>/stat."""
-    total = 0
+    return sum(user_system_seconds(pids))
+
+
+def user_system_seconds(pids: list[int]) -> tuple[float, float]:
+    """User and system CPU time of these processes (all their threads), from /proc/<pid>/stat."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
@@ -111,8 +116,9 @@ def cpu_seconds(pids: list[int]) -> float:
         except OSError:
             continue
         fields = stat[stat.rindex(b")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-    return total / CLK_TCK
+        user += int(fields[11])  # utime (field 14)
+        system += int(fields[12])  # stime (field 15)
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def run_ns(pids: list[int]) -> int:
