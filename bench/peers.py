@@ -314,11 +314,14 @@ class Processes:
         *,
         wrapper: Sequence[str] = (),
         timeout: float = 60.0,
+        args: Sequence[str] = (),
     ) -> Proc:
         """stagecast as ``stagecast serve`` runs it, with one role pointing at the mock
-        (``wrapper`` and ``timeout`` as for ``start_floor``)."""
+        (``wrapper`` and ``timeout`` as for ``start_floor``; ``args``: more launcher options,
+        such as ``--inside``)."""
         port = free_port()
         cmd = [*wrapper, sys.executable, "-m", "bench.peers", "stagecast", "--port", str(port)]
+        cmd += args
         # Records are written as in production, to a scratch file beside the run's logs.
         records = self.log_dir / f"records-{len(self.procs)}.db"
         cmd += ["--upstream", upstream, "--database-path", str(records)]
@@ -408,13 +411,20 @@ def report_tracked_objects(signum: int, frame: object) -> None:
     print(f"tracked_objects {len(gc.get_objects())}", file=sys.stderr, flush=True)
 
 
-def serve_stagecast(port: int, upstream: str, database_path: str) -> None:
-    """Run stagecast the way ``stagecast serve`` does, with the benchmark's one role."""
+def serve_stagecast(
+    port: int, upstream: str, database_path: str, *, inside: bool = False, collector: bool = True
+) -> None:
+    """Run stagecast the way ``stagecast serve`` does, with the benchmark's one role (and,
+    with ``inside``, the timing of ``bench.inside``)."""
     from stagecast.config import ModelConfig, Settings
     from stagecast.server import run_server
 
     raise_nofile_limit()
     signal.signal(signal.SIGUSR1, report_tracked_objects)
+    if inside:
+        from bench.inside import install
+
+        install(collector=collector)
     settings = Settings(
         host=HOST,
         port=port,
@@ -446,9 +456,17 @@ def main(argv: list[str] | None = None) -> None:
     sc.add_argument("--port", type=int, required=True)
     sc.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:P/v1")
     sc.add_argument("--database-path", required=True, help="the SQLite file for stage records")
+    sc.add_argument("--inside", action="store_true", help="time chunks in the gateway (SIGUSR2)")
+    sc.add_argument("--collector-off", action="store_true", help="with --inside: no gc")
     args = parser.parse_args(argv)
     if args.peer == "stagecast":
-        serve_stagecast(args.port, args.upstream, args.database_path)
+        serve_stagecast(
+            args.port,
+            args.upstream,
+            args.database_path,
+            inside=args.inside,
+            collector=not args.collector_off,
+        )
 
 
 if __name__ == "__main__":
