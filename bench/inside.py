@@ -31,7 +31,10 @@ import re
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.peers import Proc
 
 LAG_EVERY_S = 0.002
 
@@ -44,7 +47,7 @@ class _Inside:
         self.lag_s: list[float] = []
         self.gc_ms: list[float] = []
         self._gc_t0 = 0.0
-        self._probe = False
+        self.probing = False
 
     def on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -54,9 +57,9 @@ class _Inside:
 
     def start_probe(self) -> None:
         """Start the loop-lag timer (from inside the running loop)."""
-        if self._probe:
+        if self.probing:
             return
-        self._probe = True
+        self.probing = True
         loop = asyncio.get_running_loop()
         perf = time.perf_counter
 
@@ -113,7 +116,7 @@ def install(*, collector: bool = True) -> None:
             stamp = body[at + 3 : at + 22]
             if stamp.isdigit():
                 inside.gateway_ns.append(now - int(stamp))
-        if not inside._probe:
+        if not inside.probing:
             inside.start_probe()
         return True
 
@@ -127,12 +130,13 @@ def install(*, collector: bool = True) -> None:
 _REPORT = re.compile(rb"^inside (\{.*\})$", re.MULTILINE)
 
 
-async def _report(log_path: Any, pid: int, timeout: float = 30.0) -> dict[str, Any]:
-    seen = len(_REPORT.findall(log_path.read_bytes()))
-    os.kill(pid, signal.SIGUSR2)
+async def _report(proc: Proc, timeout: float = 30.0) -> dict[str, Any]:
+    """Ask the gateway for its report (SIGUSR2) and read it from its log."""
+    seen = len(_REPORT.findall(proc.log_path.read_bytes()))
+    os.kill(proc.pid, signal.SIGUSR2)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = _REPORT.findall(log_path.read_bytes())
+        found = _REPORT.findall(proc.log_path.read_bytes())
         if len(found) > seen:
             return dict(json.loads(found[seen]))
         await asyncio.sleep(0.05)
@@ -161,10 +165,10 @@ async def measure(
         await run_workload(target, warm, "inside-warmup")
         for rnd in range(rounds):
             await asyncio.sleep(1.5)  # the last workload's records and teardown
-            await _report(proc.log_path, proc.pid)  # drop what came before
+            await _report(proc)  # drop what came before
             wl = Workload("s500", streams, chunks, interval_ms=20.0, ramp_s=1.0, timeout_s=120.0)
             res = await run_workload(target, wl, f"inside-{rnd}")
-            got = await _report(proc.log_path, proc.pid)
+            got = await _report(proc)
             bad = {k: v for k, v in res.counts().items() if k != "streams" and v}
             if bad:
                 raise RuntimeError(f"streams went wrong: {bad} {res.errors()}")
