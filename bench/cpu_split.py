@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from dataclasses import dataclass
 
-from bench.load_client import Target, Workload, run_workload
+from bench.load_client import Target, Workload, run_client, run_workload
 from bench.mock_upstream import raise_nofile_limit
-from bench.peers import HOST, Proc, Processes, cores, pinning, user_system_seconds
+from bench.peers import HOST, Proc, Processes, pin_client, user_system_seconds
 
 
 @dataclass(frozen=True)
@@ -65,10 +64,7 @@ def split(short: tuple[float, int, int], long: tuple[float, int, int]) -> tuple[
 
 async def measure(sizes: Sizes) -> dict[str, dict[str, float]]:
     raise_nofile_limit()
-    pin, _ = pinning()
-    client_core, gateway_core = cores()
-    if pin:
-        os.sched_setaffinity(0, {client_core})
+    pin, _, client_core, gateway_core = pin_client()
     out: dict[str, dict[str, float]] = {}
     with Processes(pin=pin) as procs:
         mock = await procs.start_mock(client_core)
@@ -113,13 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--chunks must be more than the short streams' 2")
     sizes = Sizes(args.streams, args.ramp, args.long, args.chunks)
     try:
-        import uvloop
-    except ImportError:
-        runner = asyncio.run
-    else:
-        runner = uvloop.run
-    try:
-        got = runner(measure(sizes))
+        got = run_client(measure(sizes))
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

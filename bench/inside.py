@@ -148,13 +148,10 @@ async def measure(
 ) -> list[dict[str, Any]]:
     from bench.load_client import Target, Workload, run_workload
     from bench.mock_upstream import raise_nofile_limit
-    from bench.peers import HOST, Processes, cores, pinning
+    from bench.peers import HOST, Processes, pin_client
 
     raise_nofile_limit()
-    pin, _ = pinning()
-    client_core, gateway_core = cores()
-    if pin:
-        os.sched_setaffinity(0, {client_core})
+    pin, _, client_core, gateway_core = pin_client()
     rows = []
     with Processes(pin=pin) as procs:
         mock = await procs.start_mock(client_core)
@@ -192,14 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         help="disable the gateway's garbage collector (to compare; never in production)",
     )
     args = parser.parse_args(argv)
+    from bench.load_client import run_client
+
     try:
-        import uvloop
-    except ImportError:
-        runner = asyncio.run
-    else:
-        runner = uvloop.run
-    try:
-        rows = runner(
+        rows = run_client(
             measure(args.rounds, args.streams, args.chunks, collector=not args.collector_off)
         )
     except RuntimeError as exc:

@@ -23,9 +23,9 @@ import contextlib
 import gc
 import time
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 import orjson
 
@@ -36,6 +36,19 @@ TERMINAL_EVENTS = (b"done", b"cancel", b"error")
 MAX_HEAD_BYTES = 64 * 1024
 CONNECT_TIMEOUT = 10.0
 TIMEOUT = "timeout"
+
+
+_T = TypeVar("_T")
+
+
+def run_client(main: Coroutine[Any, Any, _T]) -> _T:
+    """Run a benchmark's client side to its end: on uvloop, as the gateways and the mock run,
+    or on asyncio's own loop where uvloop is not installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,16 @@ def cores() -> tuple[int, int]:
     return available[0], available[-1]
 
 
+def pin_client() -> tuple[bool, str, int, int]:
+    """Pin this process (the load client) to its core where the machine allows (see
+    ``pinning``); returns (pinned, why or why not, client core, gateway core)."""
+    pin, note = pinning()
+    client_core, gateway_core = cores()
+    if pin:
+        os.sched_setaffinity(0, {client_core})
+    return pin, note, client_core, gateway_core
+
+
 def free_port() -> int:
     """A free loopback port (the peer binds it a moment later; a collision is very unlikely)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -38,6 +38,7 @@ from bench.load_client import (
     Workload,
     http_json,
     percentile,
+    run_client,
     run_workload,
     validate_samples,
 )
@@ -47,8 +48,7 @@ from bench.peers import (
     PEERS_VENV,
     Proc,
     Processes,
-    cores,
-    pinning,
+    pin_client,
 )
 from bench.profiling import profile_gateway
 from bench.report import (
@@ -558,10 +558,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     plan = make_plan(mode, args.rounds)
     machine = machine_info()  # before pinning: nproc counts the cores this process may use
-    pin, pin_note = pinning()
-    client_core, gateway_core = cores()
-    if pin:
-        os.sched_setaffinity(0, {client_core})
+    pin, pin_note, client_core, gateway_core = pin_client()
     raise_nofile_limit()
     want_litellm = not args.no_litellm and (mode == "full" or args.litellm)
     started = time.monotonic()
@@ -728,13 +725,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--silent", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
     try:
-        import uvloop
-    except ImportError:
-        runner = asyncio.run
-    else:
-        runner = uvloop.run
-    try:
-        doc = runner(run(args))
+        doc = run_client(run(args))
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("benchmark interrupted; every process it started was stopped", file=sys.stderr)
         return 130
