@@ -162,11 +162,19 @@ class RecordWriter:
                     return
                 self._wake.clear()
                 await self._wake.wait()
-                if self.linger and not self._closed:
-                    # Let records of stages ending together share one transaction: fewer
-                    # commits, and less time the database thread competes with the relay.
-                    await self._backoff(self.linger)
                 continue
+            if (
+                self.linger
+                and not self._closed
+                and not failing
+                and len(self._pending) < self.batch_size
+            ):
+                # Before every batch that is not full, not only the first after a quiet
+                # spell: records of stages ending together share one transaction. Saving
+                # again as soon as a save returns made batches of two or three records under
+                # steady load, each a commit that rewrote the same table and index pages and
+                # a trip to the database thread that competed with the relay for the core.
+                await self._backoff(self.linger)
             batch = list(islice(self._pending.values(), self.batch_size))
             self._in_flight = {r.stage_id: r for r in batch}
             try:
