@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from stagecast.api.push import PUSH, PushingHttpToolsProtocol
 from stagecast.client import AsyncStagecast
 from stagecast.config import Settings
@@ -107,6 +109,31 @@ def test_the_writer_tells_its_response_once_when_the_client_leaves() -> None:
     assert probe.first_watch is True
     assert probe.late_watch is False
     assert probe.calls == ["closed"]
+
+
+class AddressProbe:
+    """An ASGI app that notes the scope's ``client`` and ``server`` and answers 204."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Any, Any]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        self.seen.append((scope["client"], scope["server"]))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_the_scope_names_both_ends_of_the_connection(loop: str) -> None:
+    probe = AddressProbe()
+    with serve(probe, loop=loop) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            get_until(sock, lambda got: b"\r\n\r\n" in got)
+            local = sock.getsockname()
+    # As uvicorn's own protocol puts them: (host, port) of the client, then of the server.
+    assert probe.seen == [(("127.0.0.1", local[1]), ("127.0.0.1", server.port))]
 
 
 def test_stagecast_serve_uses_the_pushing_protocol() -> None:

@@ -22,7 +22,9 @@ from stagecast.api.push import PushingHttpToolsProtocol
 class ServerThread:
     """A uvicorn server for ``app`` on 127.0.0.1, port 0, in a background thread."""
 
-    def __init__(self, app: Any, *, lifespan: str = "on", http: Any = None) -> None:
+    def __init__(
+        self, app: Any, *, lifespan: str = "on", http: Any = None, loop: str = "auto"
+    ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -35,6 +37,7 @@ class ServerThread:
             timeout_graceful_shutdown=3,
             # By default the HTTP protocol `stagecast serve` runs, which pushes streamed bodies.
             http=http or PushingHttpToolsProtocol,
+            loop=loop,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
@@ -58,9 +61,12 @@ class ServerThread:
 
 
 @contextmanager
-def serve(app: Any, *, lifespan: str = "on", http: Any = None) -> Iterator[ServerThread]:
-    """Serve ``app`` for the duration of the block (``http``: another uvicorn protocol)."""
-    server = ServerThread(app, lifespan=lifespan, http=http)
+def serve(
+    app: Any, *, lifespan: str = "on", http: Any = None, loop: str = "auto"
+) -> Iterator[ServerThread]:
+    """Serve ``app`` for the duration of the block (``http``: another uvicorn protocol;
+    ``loop``: uvicorn's choice of event loop, ``auto`` being uvloop where installed)."""
+    server = ServerThread(app, lifespan=lifespan, http=http, loop=loop)
     server.start()
     try:
         yield server

@@ -18,10 +18,13 @@ response then needs no task of its own waiting on ``receive`` for the disconnect
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections.abc import Callable
 from typing import Any
 
+from uvicorn.logging import TRACE_LOG_LEVEL
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 PUSH = "stagecast.push"
@@ -68,10 +71,27 @@ class BodyPush:
 
 
 class PushingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, with ``push`` in every request's scope."""
+    """uvicorn's httptools protocol, with ``push`` in every request's scope, and the
+    connection's addresses taken from what the transport already knows."""
 
     # The writer of the request now being answered, told when the connection closes.
     _push: BodyPush | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        # As uvicorn's, except for the addresses: it asks the transport for its socket,
+        # which on uvloop builds a socket object and makes a system call for each address,
+        # per connection. Both transports (uvloop's and asyncio's) keep the addresses they
+        # learned when the connection was accepted under "sockname" and "peername".
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        self.server = _address(transport.get_extra_info("sockname"))
+        client = _address(transport.get_extra_info("peername"))
+        self.client = (client[0], client[1]) if client and client[1] is not None else None
+        self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
+            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
@@ -85,3 +105,13 @@ class PushingHttpToolsProtocol(HttpToolsProtocol):
         cycle: Any = self.cycle
         if push is not None and cycle is not None and cycle.disconnected:
             push._closed()
+
+
+def _address(info: object) -> tuple[str, int | None] | None:
+    """A socket address as uvicorn puts it in the scope: ``(host, port)`` for IP (the first
+    two fields of an IPv6 address), ``(path, None)`` for a Unix socket."""
+    if isinstance(info, tuple | list) and len(info) >= 2:
+        return (str(info[0]), int(info[1]))
+    if isinstance(info, str):
+        return (info, None)
+    return None
