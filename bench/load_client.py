@@ -193,8 +193,21 @@ class ClosePlan:
     after_chunks: int | None = None
 
 
+# The end of a chunked body: the last chunk's CRLF, then the zero-size chunk.
+_CHUNKED_END = b"\r\n0\r\n\r\n"
+
+
 class SSEClientConnection(asyncio.Protocol):
-    """One stream on its own connection: HTTP/1.1 response, chunked body, SSE frames."""
+    """One stream on its own connection: HTTP/1.1 response, chunked body, SSE frames.
+
+    With ``deferred``, a read of the body is only timestamped and kept while the workload
+    runs (and the end of a chunked body recognised, to close the connection as soon as the
+    response is over); ``replay`` then parses and checks every kept read with its own
+    timestamp, exactly as a live read would have been. The client shares its core with the
+    mock, so work it does while chunks arrive is time that later chunks wait to be read:
+    in its own queue, it would show as every target's latency. A stream the client closes
+    on a plan (after some chunks) must be read live.
+    """
 
     def __init__(
         self,
@@ -206,7 +219,10 @@ class SSEClientConnection(asyncio.Protocol):
         *,
         plan: ClosePlan | None = None,
         keep_samples: int = 0,
+        deferred: bool = False,
     ) -> None:
+        if deferred and plan is not None and plan.after_chunks is not None:
+            raise ValueError("a stream closed after some chunks must be read live")
         self.target = target
         self.stagecast = target.flavour == "stagecast"
         self.request = request
@@ -227,6 +243,12 @@ class SSEClientConnection(asyncio.Protocol):
         self.stopped = False
         self.now = 0
         self.timer: asyncio.TimerHandle | None = None
+        # Deferred reading: the body's reads with their timestamps, the body's last bytes
+        # (to see the end of a chunked body), and whether the peer ended the stream.
+        self.deferred = deferred
+        self.reads: list[tuple[int, bytes]] = []
+        self.tail = b""
+        self.peer_ended = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -260,19 +282,62 @@ class SSEClientConnection(asyncio.Protocol):
             if self.stopped or not rest:
                 return
             data = rest
-        self._body(data)
+        if self.deferred:
+            self._keep(data)
+        else:
+            self._body(data)
 
     def eof_received(self) -> bool:
-        self._end_of_body()
+        if self.deferred:
+            self.peer_ended = True
+        else:
+            self._end_of_body()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
             self.timer.cancel()
         if not self.stopped:
-            self._end_of_body()
+            if self.deferred:
+                self.peer_ended = True
+            else:
+                self._end_of_body()
         if not self.done.done():
             self.done.set_result(None)
+
+    # -- deferred reading ----------------------------------------------------------------
+
+    def _keep(self, data: bytes) -> None:
+        self.reads.append((self.now, data))
+        if not self.chunked:
+            return  # the body ends when the peer closes
+        tail = self.tail + data
+        self.tail = tail[-len(_CHUNKED_END) :]
+        if tail.endswith(_CHUNKED_END) or (len(self.reads) == 1 and data == _CHUNKED_END[2:]):
+            # The response is over: close as a live read of the end would.
+            self.peer_ended = True
+            self.stopped = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def replay(self) -> None:
+        """Parse and check the kept reads, each with the time it arrived (deferred only)."""
+        if not self.deferred:
+            return
+        reads, self.reads = self.reads, []
+        # The connection is closed by now; the reads are parsed as they came, and the stream
+        # ends as the live reader would have ended it: where its body ends, or, if the peer
+        # closed without ending it, there.
+        self.transport = None
+        self.deferred = False
+        self.stopped = False
+        for now, data in reads:
+            if self.stopped:
+                return
+            self.now = now
+            self._body(data)
+        if self.peer_ended and not self.stopped:
+            self._end_of_body()
 
     # -- control -------------------------------------------------------------------------
 
@@ -659,6 +724,13 @@ async def _run_workload(target: Target, workload: Workload, tag: str) -> Workloa
     latencies: array[int] = array("q")
     results = [StreamResult(f"{tag}-{i}", workload.chunks) for i in range(workload.streams)]
     conns: list[SSEClientConnection] = []
+    # Read every stream's body after the workload, unless the client closes streams after
+    # some chunks (then it must count them as they come), or the workload is flat out over a
+    # window (kept unread, its reads would be hundreds of MB, and its streams would outrun a
+    # gateway's bound on a stage's events).
+    deferred = workload.window_s is None and (
+        workload.close is None or workload.close.after_chunks is None
+    )
     t_start = time.monotonic_ns()
     start_at = loop.time()
 
@@ -677,6 +749,7 @@ async def _run_workload(target: Target, workload: Workload, tag: str) -> Workloa
             done,
             plan=workload.close,
             keep_samples=workload.keep_samples,
+            deferred=deferred,
         )
         conns.append(conn)
         try:
@@ -717,6 +790,8 @@ async def _run_workload(target: Target, workload: Workload, tag: str) -> Workloa
     finally:
         if window is not None:
             window.cancel()
+    for conn in conns:
+        conn.replay()
     ends = [s.t_end for s in results] + [s.t_close for s in results]
     t_end = max([*ends, t_abort, t_start + 1])
     return WorkloadResult(target.name, workload, results, latencies, t_start, t_end, notes)
