@@ -11,11 +11,9 @@ from array import array
 from typing import Any
 
 import orjson
+from bench.load_client import SSEClientConnection, StreamResult, Target, collector_paused
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from bench import load_client
-from bench.load_client import SSEClientConnection, StreamResult, Target, collector_paused
 
 
 def test_collector_is_off_and_the_heap_frozen_while_a_workload_runs() -> None:
@@ -113,7 +111,7 @@ def _read(raw: bytes, cuts: list[int], *, deferred: bool, chunks: int) -> tuple[
             TARGET, b"request", result, latencies, loop.create_future(), deferred=deferred
         )
         transport = _Transport()
-        with unittest.mock.patch.object(load_client.time, "monotonic_ns", lambda: next(clock)):
+        with unittest.mock.patch("time.monotonic_ns", side_effect=clock.__next__):
             conn.connection_made(transport)  # type: ignore[arg-type]
             edges = [0, *sorted(set(cuts)), len(raw)]
             for start, stop in itertools.pairwise(edges):
