@@ -694,8 +694,8 @@ async def test_memory_hub_keeps_an_ended_log_out_of_the_collectors_passes() -> N
         for n in range(2, 6):
             await hub.append("s1", "chunk", b'{"n":%d}' % n)
         await hub.append("s1", "done", b"{}")
-        # The log's frames, and where each ends, are in buffers the collector does not track:
-        # no pass of it visits a frame, live or ended.
+        # Once the stage has ended, the log's frames, and where each ends, are in buffers the
+        # collector does not track: no pass of it visits a frame of a retained stage.
         log = hub._logs["s1"]
         assert log.count == 6
         assert not gc.is_tracked(log.buf) and not gc.is_tracked(log.ends)
