@@ -1,10 +1,9 @@
 """In-process StreamHub: the default for a single gateway process.
 
-Frames are encoded once, at append, and kept as bytes (once the stage has ended, in one buffer
-with their end offsets); a reader that is behind gets every ready frame joined into one write.
-A reader that has caught up and whose server offers ``push`` is written to from the
-producer's side, with no task of its own woken (``tail``): once per upstream read when the
-producer flushes (``hold_flush``), else once per loop turn.
+Frames are encoded once, at append, and kept in one buffer per stage (with their end
+offsets); a reader that is behind gets every ready frame in one write. A reader that has caught up and whose server offers
+``push`` is written to from the producer's side, with no task of its own woken (``tail``):
+once per upstream read when the producer flushes (``hold_flush``), else once per loop turn.
 Appending never waits for readers; a run whose slowest local reader falls far behind has its
 upstream read paused instead (``set_flow``). Ended stages stay for ``ttl`` seconds, within
 ``max_retained_bytes``.
@@ -13,10 +12,7 @@ upstream read paused instead (``set_flow``). Ended stages stay for ``ttl`` secon
 from __future__ import annotations
 
 import asyncio
-import itertools
-import sys
 import time
-from array import array
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
@@ -50,12 +46,10 @@ class _Log:
         "flow",
         "flush_held",
         "flush_pending",
-        "frames",
         "hub",
         "info",
         "max_bytes",
         "max_events",
-        "nbytes",
         "paused",
         "positions",
         "pushers",
@@ -71,13 +65,16 @@ class _Log:
         self.hub = hub
         self.max_events = hub.max_events
         self.max_bytes = hub.max_bytes
-        # The frames while the stage runs; once it has ended, all of them in ``buf``, where
-        # each ends in ``ends`` (see ``_end``), and ``frames`` empty. ``count`` either way.
-        self.frames: list[bytes] = []
+        # The frames, encoded, one after another; where each ends, as 8 bytes each (see
+        # ``offset``); and how many there are. Neither buffer is an object the garbage
+        # collector tracks: a list of frames was one, and every pass that walked it visited
+        # every frame. A long stage's list was walked by the first young pass after it ended
+        # (a flat-out stream allocates nothing tracked, so that pass came late, with all of
+        # it): ten flat-out stages of 50,000 frames made a pass of some 30 ms, a stall of
+        # every other stream.
+        self.buf = bytearray()
+        self.ends = bytearray()
         self.count = 0
-        self.buf = b""
-        self.ends = b""
-        self.nbytes = 0
         # Readers waiting for the next frame (a dict used as an ordered set), and what to call
         # on a cancel. Both are dropped for empty ones the garbage collector does not track
         # (a new dict, an empty tuple) once they are done with; see ``_end``.
@@ -100,8 +97,8 @@ class _Log:
 
     def append(self, event: str, data: bytes) -> int:
         """Append one event (see ``MemoryHub.append_nowait``); returns its sequence number."""
-        frames = self.frames
         seq = self.count + 1
+        buf = self.buf
         status: StageStatus | None = None
         # One test for everything the common event is not: the first, a terminal one, one
         # over the bounds, one whose data has line breaks (byte values: ``in`` is a memchr).
@@ -110,7 +107,7 @@ class _Log:
             or event in TERMINAL_STATUS
             or self.terminal
             or seq > self.max_events
-            or self.nbytes + len(data) > self.max_bytes
+            or len(buf) + len(data) > self.max_bytes
             or 10 in data
             or 13 in data
         ):
@@ -118,9 +115,11 @@ class _Log:
         else:
             # The common frame in one formatting step (same bytes as encode_frame).
             frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, event.encode(), data)
-        self.nbytes += len(frame)
-        self.info.last_seq = self.count = seq
-        frames.append(frame)
+        buf += frame
+        ends = self.ends
+        ends += len(buf).to_bytes(8, "little")
+        self.count = seq
+        self.info.last_seq = seq
         if status is not None:
             self._end(status)
         if self.waiters:
@@ -140,7 +139,7 @@ class _Log:
         it ends the stage with, if it is terminal; refused past the bounds or after the end."""
         status = TERMINAL_STATUS.get(event)
         if self.terminal or (
-            status is None and (seq > self.max_events or self.nbytes + len(data) > self.max_bytes)
+            status is None and (seq > self.max_events or len(self.buf) + len(data) > self.max_bytes)
         ):
             self._refuse()
         frame = encode_frame(event, data, id=seq, retry=self.hub.retry_ms if seq == 1 else None)
@@ -148,26 +147,14 @@ class _Log:
 
     def _end(self, status: StageStatus) -> None:
         """The terminal event is in: the stage has ended, and the hub keeps its log a while."""
-        # An ended log never changes again. Kept as a list, its frames would be walked by
-        # every full pass of the garbage collector for as long as the stage is retained (ten
-        # minutes by default): with a few thousand stages retained, some 100 ms a pass, a
-        # stall of every live stream. Nor a tuple of them: a new tuple is young, and the next
-        # young pass visits every frame in it before it lets it go (ten flat-out stages of
-        # 50,000 frames: a pass of some 30 ms, a stall of every stream, in whichever stream
-        # start came next, as a flat-out stream makes no tracked object for a pass to come
-        # sooner). Joined into one bytes, with where each frame ends as 8 bytes each, nothing
-        # of them is tracked; the list goes, unwalked if no pass came while it lived.
-        frames = self.frames
-        self.buf = b"".join(frames)
-        self.ends = array("q", itertools.accumulate(map(len, frames))).tobytes()
-        self.frames = ()  # type: ignore[assignment]
         self.terminal = True
         self.info.status = status
         self.info.finished_at = time.time()
-        # The same goes for the log's other containers: what a retained stage keeps, the
-        # collector walks. Readers still waiting are woken with a new (untracked) dict left in
-        # their place, and pushed readers are let go the same way (``flush``): the ended log
-        # is two tracked objects, itself and its info.
+        # What a retained stage keeps (ten minutes by default), the collector walks in its
+        # full passes: with a few thousand stages retained, each tracked object counts. The
+        # frames are in untracked buffers already; readers still waiting are woken with a new
+        # (untracked) dict left in their place, and pushed readers are let go the same way
+        # (``flush``): the ended log is two tracked objects, itself and its info.
         self.cancel_callbacks = ()
         if not self.pushers:
             self.pushers = {}
@@ -192,16 +179,13 @@ class _Log:
         """Events the slowest local reader has yet to write (0 without readers)."""
         return self.count - min(self.positions.values()) if self.positions else 0
 
+    def offset(self, seq: int) -> int:
+        """Where in ``buf`` the frame of sequence ``seq`` ends (0 for 0)."""
+        return int.from_bytes(self.ends[8 * seq - 8 : 8 * seq], "little") if seq else 0
+
     def span(self, pos: int, end: int) -> bytes:
         """The frames after sequence ``pos`` up to and including ``end``, as one bytes."""
-        if self.terminal:
-            return self.buf[self._offset(pos) : self._offset(end)]
-        frames = self.frames
-        return frames[pos] if end - pos == 1 else b"".join(frames[pos:end])
-
-    def _offset(self, seq: int) -> int:
-        """Where the frame of sequence ``seq`` ends in an ended log's ``buf`` (0 for 0)."""
-        return int.from_bytes(self.ends[8 * seq - 8 : 8 * seq], sys.byteorder) if seq else 0
+        return bytes(self.buf[self.offset(pos) : self.offset(end)])
 
     def check_resume(self) -> None:
         if self.paused and self.backlog() <= FLOW_RESUME:
@@ -222,8 +206,9 @@ class _Log:
         if not self.flush_pending:
             return
         self.flush_pending = False
-        frames = self.frames
         n = self.count
+        buf = self.buf
+        size = len(buf)
         stopped: list[object] | None = None
         for token, pusher in self.pushers.items():
             pos = pusher.pos
@@ -231,15 +216,14 @@ class _Log:
                 continue
             if n - pos <= MAX_BATCH:
                 try:
-                    if self.terminal:
-                        body = self.span(pos, n)
-                    else:  # ``span``, inline: this runs for nearly every chunk
-                        body = frames[pos] if n - pos == 1 else b"".join(frames[pos:n])
-                    written = pusher.push(body)
+                    # From where this reader is in the buffer to its end: ``span``, without
+                    # looking up offsets (this runs for nearly every chunk).
+                    written = pusher.push(bytes(buf[pusher.at : size]))
                 except Exception:
                     written = False
                 if written:
                     pusher.pos = self.positions[token] = n
+                    pusher.at = size
                     continue
             if stopped is None:
                 stopped = []
@@ -259,12 +243,15 @@ class _Log:
 class _Pusher:
     """A caught-up reader written to from the producer's side (see ``MemoryHub.tail``)."""
 
-    __slots__ = ("fut", "pos", "push")
+    __slots__ = ("at", "fut", "pos", "push")
 
-    def __init__(self, push: Push, fut: asyncio.Future[None], pos: int) -> None:
+    def __init__(self, push: Push, fut: asyncio.Future[None], pos: int, at: int) -> None:
         self.push = push
         self.fut = fut
+        # The reader has written the frames up to sequence ``pos``, which end at ``at`` in
+        # the log's buffer.
         self.pos = pos
+        self.at = at
 
     def release(self) -> None:
         """Hand the reader back to its task."""
@@ -378,7 +365,7 @@ class MemoryHub:
         loop = self._running_loop()
         log.expires = loop.time() + self.ttl
         self._retained[stage_id] = log
-        self._retained_bytes += log.nbytes
+        self._retained_bytes += len(log.buf)
         while self._retained_bytes > self.max_retained_bytes and len(self._retained) > 1:
             oldest = next(iter(self._retained))
             self._drop(oldest, self._retained[oldest])
@@ -402,7 +389,7 @@ class MemoryHub:
         """Forget an ended stage (readers still on it finish; new ones get not-found)."""
         if self._retained.get(stage_id) is log:
             del self._retained[stage_id]
-            self._retained_bytes -= log.nbytes
+            self._retained_bytes -= len(log.buf)
         if self._logs.get(stage_id) is log:
             del self._logs[stage_id]
 
@@ -456,7 +443,7 @@ class MemoryHub:
                 if push is None:
                     log.waiters[fut] = None
                 else:
-                    pusher = log.pushers[token] = _Pusher(push, fut, pos)
+                    pusher = log.pushers[token] = _Pusher(push, fut, pos, log.offset(pos))
                 if beats is not None:
                     beats.waiting[fut] = loop.time()
                     beats.arm()
