@@ -1,7 +1,7 @@
 """In-process StreamHub: the default for a single gateway process.
 
-Frames are encoded once, at append, and kept in one buffer per stage (with their end
-offsets); a reader that is behind gets every ready frame in one write. A reader that has caught up and whose server offers
+Frames are encoded once, at append, and kept as bytes; a reader that is behind gets every
+ready frame joined into one write. A reader that has caught up and whose server offers
 ``push`` is written to from the producer's side, with no task of its own woken (``tail``):
 once per upstream read when the producer flushes (``hold_flush``), else once per loop turn.
 Appending never waits for readers; a run whose slowest local reader falls far behind has its
@@ -38,18 +38,17 @@ FLOW_EVERY = 64
 
 class _Log:
     __slots__ = (
-        "buf",
         "cancel_callbacks",
-        "count",
-        "ends",
         "expires",
         "flow",
         "flush_held",
         "flush_pending",
+        "frames",
         "hub",
         "info",
         "max_bytes",
         "max_events",
+        "nbytes",
         "paused",
         "positions",
         "pushers",
@@ -65,16 +64,8 @@ class _Log:
         self.hub = hub
         self.max_events = hub.max_events
         self.max_bytes = hub.max_bytes
-        # The frames, encoded, one after another; where each ends, as 8 bytes each (see
-        # ``offset``); and how many there are. Neither buffer is an object the garbage
-        # collector tracks: a list of frames was one, and every pass that walked it visited
-        # every frame. A long stage's list was walked by the first young pass after it ended
-        # (a flat-out stream allocates nothing tracked, so that pass came late, with all of
-        # it): ten flat-out stages of 50,000 frames made a pass of some 30 ms, a stall of
-        # every other stream.
-        self.buf = bytearray()
-        self.ends = bytearray()
-        self.count = 0
+        self.frames: list[bytes] = []
+        self.nbytes = 0
         # Readers waiting for the next frame (a dict used as an ordered set), and what to call
         # on a cancel. Both are dropped for empty ones the garbage collector does not track
         # (a new dict, an empty tuple) once they are done with; see ``_end``.
@@ -97,8 +88,8 @@ class _Log:
 
     def append(self, event: str, data: bytes) -> int:
         """Append one event (see ``MemoryHub.append_nowait``); returns its sequence number."""
-        seq = self.count + 1
-        buf = self.buf
+        frames = self.frames
+        seq = len(frames) + 1
         status: StageStatus | None = None
         # One test for everything the common event is not: the first, a terminal one, one
         # over the bounds, one whose data has line breaks (byte values: ``in`` is a memchr).
@@ -107,7 +98,7 @@ class _Log:
             or event in TERMINAL_STATUS
             or self.terminal
             or seq > self.max_events
-            or len(buf) + len(data) > self.max_bytes
+            or self.nbytes + len(data) > self.max_bytes
             or 10 in data
             or 13 in data
         ):
@@ -115,10 +106,8 @@ class _Log:
         else:
             # The common frame in one formatting step (same bytes as encode_frame).
             frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, event.encode(), data)
-        buf += frame
-        ends = self.ends
-        ends += len(buf).to_bytes(8, "little")
-        self.count = seq
+        frames.append(frame)
+        self.nbytes += len(frame)
         self.info.last_seq = seq
         if status is not None:
             self._end(status)
@@ -139,7 +128,7 @@ class _Log:
         it ends the stage with, if it is terminal; refused past the bounds or after the end."""
         status = TERMINAL_STATUS.get(event)
         if self.terminal or (
-            status is None and (seq > self.max_events or len(self.buf) + len(data) > self.max_bytes)
+            status is None and (seq > self.max_events or self.nbytes + len(data) > self.max_bytes)
         ):
             self._refuse()
         frame = encode_frame(event, data, id=seq, retry=self.hub.retry_ms if seq == 1 else None)
@@ -147,14 +136,18 @@ class _Log:
 
     def _end(self, status: StageStatus) -> None:
         """The terminal event is in: the stage has ended, and the hub keeps its log a while."""
+        # An ended log never changes again. Kept as a list, its frames would be walked by
+        # every full pass of the garbage collector for as long as the stage is retained (ten
+        # minutes by default): with a few thousand stages retained, some 100 ms a pass, a
+        # stall of every live stream. A tuple of bytes is left out of those passes.
+        self.frames = tuple(self.frames)  # type: ignore[assignment]
         self.terminal = True
         self.info.status = status
         self.info.finished_at = time.time()
-        # What a retained stage keeps (ten minutes by default), the collector walks in its
-        # full passes: with a few thousand stages retained, each tracked object counts. The
-        # frames are in untracked buffers already; readers still waiting are woken with a new
-        # (untracked) dict left in their place, and pushed readers are let go the same way
-        # (``flush``): the ended log is two tracked objects, itself and its info.
+        # The same goes for the log's other containers: what a retained stage keeps, the
+        # collector walks. Readers still waiting are woken with a new (untracked) dict left in
+        # their place, and pushed readers are let go the same way (``flush``): the ended log
+        # is two tracked objects, itself and its info.
         self.cancel_callbacks = ()
         if not self.pushers:
             self.pushers = {}
@@ -177,15 +170,7 @@ class _Log:
 
     def backlog(self) -> int:
         """Events the slowest local reader has yet to write (0 without readers)."""
-        return self.count - min(self.positions.values()) if self.positions else 0
-
-    def offset(self, seq: int) -> int:
-        """Where in ``buf`` the frame of sequence ``seq`` ends (0 for 0)."""
-        return int.from_bytes(self.ends[8 * seq - 8 : 8 * seq], "little") if seq else 0
-
-    def span(self, pos: int, end: int) -> bytes:
-        """The frames after sequence ``pos`` up to and including ``end``, as one bytes."""
-        return bytes(self.buf[self.offset(pos) : self.offset(end)])
+        return len(self.frames) - min(self.positions.values()) if self.positions else 0
 
     def check_resume(self) -> None:
         if self.paused and self.backlog() <= FLOW_RESUME:
@@ -206,9 +191,8 @@ class _Log:
         if not self.flush_pending:
             return
         self.flush_pending = False
-        n = self.count
-        buf = self.buf
-        size = len(buf)
+        frames = self.frames
+        n = len(frames)
         stopped: list[object] | None = None
         for token, pusher in self.pushers.items():
             pos = pusher.pos
@@ -216,14 +200,11 @@ class _Log:
                 continue
             if n - pos <= MAX_BATCH:
                 try:
-                    # From where this reader is in the buffer to its end: ``span``, without
-                    # looking up offsets (this runs for nearly every chunk).
-                    written = pusher.push(bytes(buf[pusher.at : size]))
+                    written = pusher.push(frames[pos] if n - pos == 1 else b"".join(frames[pos:n]))
                 except Exception:
                     written = False
                 if written:
                     pusher.pos = self.positions[token] = n
-                    pusher.at = size
                     continue
             if stopped is None:
                 stopped = []
@@ -243,15 +224,12 @@ class _Log:
 class _Pusher:
     """A caught-up reader written to from the producer's side (see ``MemoryHub.tail``)."""
 
-    __slots__ = ("at", "fut", "pos", "push")
+    __slots__ = ("fut", "pos", "push")
 
-    def __init__(self, push: Push, fut: asyncio.Future[None], pos: int, at: int) -> None:
+    def __init__(self, push: Push, fut: asyncio.Future[None], pos: int) -> None:
         self.push = push
         self.fut = fut
-        # The reader has written the frames up to sequence ``pos``, which end at ``at`` in
-        # the log's buffer.
         self.pos = pos
-        self.at = at
 
     def release(self) -> None:
         """Hand the reader back to its task."""
@@ -365,7 +343,7 @@ class MemoryHub:
         loop = self._running_loop()
         log.expires = loop.time() + self.ttl
         self._retained[stage_id] = log
-        self._retained_bytes += len(log.buf)
+        self._retained_bytes += log.nbytes
         while self._retained_bytes > self.max_retained_bytes and len(self._retained) > 1:
             oldest = next(iter(self._retained))
             self._drop(oldest, self._retained[oldest])
@@ -389,7 +367,7 @@ class MemoryHub:
         """Forget an ended stage (readers still on it finish; new ones get not-found)."""
         if self._retained.get(stage_id) is log:
             del self._retained[stage_id]
-            self._retained_bytes -= len(log.buf)
+            self._retained_bytes -= log.nbytes
         if self._logs.get(stage_id) is log:
             del self._logs[stage_id]
 
@@ -418,7 +396,8 @@ class MemoryHub:
         beats = self._heartbeats(loop, heartbeat) if heartbeat is not None else None
         try:
             while True:
-                n = log.count
+                frames = log.frames
+                n = len(frames)
                 if pos < n:
                     if caught_up and n - pos > self.max_reader_lag and not log.terminal:
                         raise ReaderLagError(
@@ -427,7 +406,7 @@ class MemoryHub:
                         )
                     # Bounded batches keep what one slow socket buffers to a few hundred KB.
                     end = min(n, pos + MAX_BATCH)
-                    batch = log.span(pos, end)
+                    batch = frames[pos] if end - pos == 1 else b"".join(frames[pos:end])
                     pos = end
                     yield batch
                     # Written: the producer may go on if it waited for this reader.
@@ -443,7 +422,7 @@ class MemoryHub:
                 if push is None:
                     log.waiters[fut] = None
                 else:
-                    pusher = log.pushers[token] = _Pusher(push, fut, pos, log.offset(pos))
+                    pusher = log.pushers[token] = _Pusher(push, fut, pos)
                 if beats is not None:
                     beats.waiting[fut] = loop.time()
                     beats.arm()
@@ -457,7 +436,7 @@ class MemoryHub:
                 if pusher is not None and pusher.pos != pos:
                     pos = pusher.pos  # frames were written for this reader: not quiet
                     continue
-                if beats is not None and log.count == pos and not log.terminal:
+                if beats is not None and len(log.frames) == pos and not log.terminal:
                     yield b""
         finally:
             log.pushers.pop(token, None)
@@ -475,9 +454,7 @@ class MemoryHub:
             raise StageNotFoundError(f"no stage {stage_id!r} (unknown or expired)")
         # Only the encoded frames are kept (one copy of each event); reading back is rare.
         out = []
-        n = log.count
-        after = min(max(after, 0), n)
-        for event in SSEDecoder().feed(log.span(after, n) if after < n else b""):
+        for event in SSEDecoder().feed(b"".join(log.frames[max(after, 0) :])):
             out.append((int(event.id or 0), event.event, event.data.encode()))
         return out
 
