@@ -144,7 +144,7 @@ async def _report(proc: Proc, timeout: float = 30.0) -> dict[str, Any]:
 
 
 async def measure(
-    rounds: int, streams: int, chunks: int, *, collector: bool = True
+    rounds: int, streams: int, chunks: int, *, collector: bool = True, flat_s: float = 0.0
 ) -> list[dict[str, Any]]:
     from bench.load_client import Target, Workload, run_workload
     from bench.mock_upstream import raise_nofile_limit
@@ -161,6 +161,13 @@ async def measure(
         warm = Workload("warmup", streams, 20, interval_ms=20.0, ramp_s=1.0, timeout_s=60.0)
         await run_workload(target, warm, "inside-warmup")
         for rnd in range(rounds):
+            if flat_s:
+                # As in ``make bench``, where the flat-out workload comes before the next
+                # round's 500 streams: what it leaves behind is paid for in that round.
+                flat = Workload(
+                    "flat", 10, 1_000_000, 0.0, window_s=flat_s, timeout_s=flat_s + 10.0
+                )
+                await run_workload(target, flat, f"inside-flat-{rnd}")
             await asyncio.sleep(1.5)  # the last workload's records and teardown
             await _report(proc)  # drop what came before
             wl = Workload("s500", streams, chunks, interval_ms=20.0, ramp_s=1.0, timeout_s=120.0)
@@ -188,12 +195,25 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="disable the gateway's garbage collector (to compare; never in production)",
     )
+    parser.add_argument(
+        "--flat",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each round, 10 streams flat out for this long (as make bench runs them)",
+    )
     args = parser.parse_args(argv)
     from bench.load_client import run_client
 
     try:
         rows = run_client(
-            measure(args.rounds, args.streams, args.chunks, collector=not args.collector_off)
+            measure(
+                args.rounds,
+                args.streams,
+                args.chunks,
+                collector=not args.collector_off,
+                flat_s=args.flat,
+            )
         )
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
