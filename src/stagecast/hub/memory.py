@@ -1,12 +1,14 @@
 """In-process StreamHub: the default for a single gateway process.
 
 Frames are encoded once, at append, and kept as bytes; a reader that is behind gets every
-ready frame joined into one write. A reader that has caught up and whose server offers
-``push`` is written to from the producer's side, with no task of its own woken (``tail``):
-once per upstream read when the producer flushes (``hold_flush``), else once per loop turn.
-Appending never waits for readers; a run whose slowest local reader falls far behind has its
-upstream read paused instead (``set_flow``). Ended stages stay for ``ttl`` seconds, within
-``max_retained_bytes``.
+ready frame joined into one write. Older frames are folded into blocks of ``BLOCK`` as the
+stage goes on (not all at once when it ends), so a long stage is a few hundred objects for
+the garbage collector to walk, not tens of thousands. A reader that has caught up and whose
+server offers ``push`` is written to from the producer's side, with no task of its own woken
+(``tail``): once per upstream read when the producer flushes (``hold_flush``), else once per
+loop turn. Appending never waits for readers; a run whose slowest local reader falls far
+behind has its upstream read paused instead (``set_flow``). Ended stages stay for ``ttl``
+seconds, within ``max_retained_bytes``.
 """
 
 from __future__ import annotations
@@ -34,10 +36,15 @@ MAX_BATCH = 512
 FLOW_PAUSE = 2_000
 FLOW_RESUME = 500
 FLOW_EVERY = 64
+# Frames folded into one bytes, once twice as many have come (every FLOW_EVERY appends): a
+# caught-up reader, a few frames behind, reads the unfolded ones as they are.
+BLOCK = FLOW_EVERY
 
 
 class _Log:
     __slots__ = (
+        "base",
+        "blocks",
         "cancel_callbacks",
         "expires",
         "flow",
@@ -64,7 +71,11 @@ class _Log:
         self.hub = hub
         self.max_events = hub.max_events
         self.max_bytes = hub.max_bytes
+        # Frames ``base`` on, as they were appended; before them, ``blocks`` of ``BLOCK``
+        # frames each (a list from the first fold on).
         self.frames: list[bytes] = []
+        self.base = 0
+        self.blocks: list[bytes] = ()  # type: ignore[assignment]
         self.nbytes = 0
         # Readers waiting for the next frame (a dict used as an ordered set), and what to call
         # on a cancel. Both are dropped for empty ones the garbage collector does not track
@@ -89,7 +100,7 @@ class _Log:
     def append(self, event: str, data: bytes) -> int:
         """Append one event (see ``MemoryHub.append_nowait``); returns its sequence number."""
         frames = self.frames
-        seq = len(frames) + 1
+        seq = self.base + len(frames) + 1
         status: StageStatus | None = None
         # One test for everything the common event is not: the first, a terminal one, one
         # over the bounds, one whose data has line breaks (byte values: ``in`` is a memchr).
@@ -109,6 +120,10 @@ class _Log:
         frames.append(frame)
         self.nbytes += len(frame)
         self.info.last_seq = seq
+        if not seq % FLOW_EVERY:
+            if len(frames) >= 2 * BLOCK:
+                self._fold()
+            self._check_pause()
         if status is not None:
             self._end(status)
         if self.waiters:
@@ -119,8 +134,6 @@ class _Log:
             self.flush_pending = True
             if not self.flush_held:
                 self.hub._running_loop().call_soon(self.flush)
-        if not seq % FLOW_EVERY:
-            self._check_pause()
         return seq
 
     def _rare_frame(self, event: str, data: bytes, seq: int) -> tuple[bytes, StageStatus | None]:
@@ -134,13 +147,48 @@ class _Log:
         frame = encode_frame(event, data, id=seq, retry=self.hub.retry_ms if seq == 1 else None)
         return frame, status
 
+    def _fold(self) -> None:
+        """Fold the oldest ``BLOCK`` unfolded frames into one block."""
+        frames = self.frames
+        if not self.base:
+            self.blocks = []
+        self.blocks.append(b"".join(frames[:BLOCK]))
+        del frames[:BLOCK]
+        self.base += BLOCK
+
+    def count(self) -> int:
+        """Frames appended so far."""
+        return self.base + len(self.frames)
+
+    def batch(self, pos: int, end: int) -> bytes:
+        """Frames ``pos`` to ``end`` (from 0, ``end`` not included) in one bytes."""
+        base = self.base
+        if pos >= base:
+            frames = self.frames
+            return (
+                frames[pos - base] if end - pos == 1 else b"".join(frames[pos - base : end - base])
+            )
+        parts = []
+        while pos < end and pos < base:
+            block = self.blocks[pos // BLOCK]
+            stop = min(end, (pos // BLOCK + 1) * BLOCK)
+            # Whole blocks as they are; slices of the first and last only where needed.
+            first = _start(block, pos) if pos % BLOCK else 0
+            parts.append(block[first : _start(block, stop) if stop % BLOCK else len(block)])
+            pos = stop
+        if end > base:
+            parts.extend(self.frames[: end - base])
+        return b"".join(parts)
+
     def _end(self, status: StageStatus) -> None:
         """The terminal event is in: the stage has ended, and the hub keeps its log a while."""
-        # An ended log never changes again. Kept as a list, its frames would be walked by
-        # every full pass of the garbage collector for as long as the stage is retained (ten
-        # minutes by default): with a few thousand stages retained, some 100 ms a pass, a
-        # stall of every live stream. A tuple of bytes is left out of those passes.
+        # An ended log never changes again. Kept as lists, its frames and blocks would be
+        # walked by every full pass of the garbage collector for as long as the stage is
+        # retained (ten minutes by default): with a few thousand stages retained, some 100 ms
+        # a pass, a stall of every live stream. Tuples of bytes are left out of those passes
+        # after one young pass has walked them: a few hundred objects at most (the blocks).
         self.frames = tuple(self.frames)  # type: ignore[assignment]
+        self.blocks = tuple(self.blocks)  # type: ignore[assignment]
         self.terminal = True
         self.info.status = status
         self.info.finished_at = time.time()
@@ -170,7 +218,7 @@ class _Log:
 
     def backlog(self) -> int:
         """Events the slowest local reader has yet to write (0 without readers)."""
-        return len(self.frames) - min(self.positions.values()) if self.positions else 0
+        return self.count() - min(self.positions.values()) if self.positions else 0
 
     def check_resume(self) -> None:
         if self.paused and self.backlog() <= FLOW_RESUME:
@@ -192,15 +240,23 @@ class _Log:
             return
         self.flush_pending = False
         frames = self.frames
-        n = len(frames)
+        n = self.base + len(frames)
         stopped: list[object] | None = None
         for token, pusher in self.pushers.items():
-            pos = pusher.pos
-            if pos >= n:
+            # Counted back from the last frame: the unfolded ones, unless a long read has
+            # folded some of this reader's (see ``batch``).
+            behind = n - pusher.pos
+            if behind <= 0:
                 continue
-            if n - pos <= MAX_BATCH:
+            if behind <= MAX_BATCH:
                 try:
-                    written = pusher.push(frames[pos] if n - pos == 1 else b"".join(frames[pos:n]))
+                    if behind == 1:
+                        batch = frames[-1]
+                    elif behind <= len(frames):
+                        batch = b"".join(frames[-behind:])
+                    else:
+                        batch = self.batch(pusher.pos, n)
+                    written = pusher.push(batch)
                 except Exception:
                     written = False
                 if written:
@@ -219,6 +275,13 @@ class _Log:
                 self.pushers.pop(token).release()
         if self.paused:
             self.check_resume()
+
+
+def _start(block: bytes, pos: int) -> int:
+    """Where frame ``pos`` (from 0, not a block's first) starts in its block. Every frame
+    starts with its id line, ``pos + 1``, and ends with the only blank line in it (data with
+    line breaks is written one ``data:`` line a line)."""
+    return block.index(b"\n\nid: %d\n" % (pos + 1)) + 2
 
 
 class _Pusher:
@@ -396,8 +459,7 @@ class MemoryHub:
         beats = self._heartbeats(loop, heartbeat) if heartbeat is not None else None
         try:
             while True:
-                frames = log.frames
-                n = len(frames)
+                n = log.count()
                 if pos < n:
                     if caught_up and n - pos > self.max_reader_lag and not log.terminal:
                         raise ReaderLagError(
@@ -406,7 +468,7 @@ class MemoryHub:
                         )
                     # Bounded batches keep what one slow socket buffers to a few hundred KB.
                     end = min(n, pos + MAX_BATCH)
-                    batch = frames[pos] if end - pos == 1 else b"".join(frames[pos:end])
+                    batch = log.batch(pos, end)
                     pos = end
                     yield batch
                     # Written: the producer may go on if it waited for this reader.
@@ -436,7 +498,7 @@ class MemoryHub:
                 if pusher is not None and pusher.pos != pos:
                     pos = pusher.pos  # frames were written for this reader: not quiet
                     continue
-                if beats is not None and len(log.frames) == pos and not log.terminal:
+                if beats is not None and log.count() == pos and not log.terminal:
                     yield b""
         finally:
             log.pushers.pop(token, None)
@@ -454,7 +516,7 @@ class MemoryHub:
             raise StageNotFoundError(f"no stage {stage_id!r} (unknown or expired)")
         # Only the encoded frames are kept (one copy of each event); reading back is rare.
         out = []
-        for event in SSEDecoder().feed(b"".join(log.frames[max(after, 0) :])):
+        for event in SSEDecoder().feed(log.batch(max(after, 0), log.count())):
             out.append((int(event.id or 0), event.event, event.data.encode()))
         return out
 
