@@ -13,7 +13,8 @@ gateway process itself:
   mock's socket, the gateway's read, its work and its event loop's queue;
 - **loop lag**: how late a timer due every 2 ms runs, so how long the loop was busy with
   other work (or paused by the garbage collector) when it was due;
-- **gc**: the garbage collector's passes and their pauses (``gc.callbacks``).
+- **gc**: the garbage collector's passes, each as its generation and its pause in ms
+  (``gc.callbacks``).
 
 It prints one line per round, the client's own view beside the gateway's, and exits 1 if any
 stream lost, duplicated, reordered or malformed an event. The gateway's timing adds a little
@@ -46,6 +47,7 @@ class _Inside:
         self.gateway_ns: list[int] = []
         self.lag_s: list[float] = []
         self.gc_ms: list[float] = []
+        self.gc_gens: list[int] = []
         self._gc_t0 = 0.0
         self.probing = False
 
@@ -54,6 +56,7 @@ class _Inside:
             self._gc_t0 = time.perf_counter()
         else:
             self.gc_ms.append((time.perf_counter() - self._gc_t0) * 1000)
+            self.gc_gens.append(info["generation"])
 
     def start_probe(self) -> None:
         """Start the loop-lag timer (from inside the running loop)."""
@@ -84,10 +87,15 @@ class _Inside:
             "gc_passes": len(self.gc_ms),
             "gc_total_ms": sum(self.gc_ms),
             "gc_max_ms": max(self.gc_ms, default=0.0),
+            # Each pass as generation:milliseconds, in order.
+            "gc_each": " ".join(
+                f"{g}:{ms:.1f}" for g, ms in zip(self.gc_gens, self.gc_ms, strict=True)
+            ),
         }
         self.gateway_ns.clear()
         self.lag_s.clear()
         self.gc_ms.clear()
+        self.gc_gens.clear()
         print("inside " + json.dumps(out), file=sys.stderr, flush=True)
 
 
@@ -224,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             f" | gateway p50 {r['gateway_p50_ms']:.2f} p99 {r['gateway_p99_ms']:.2f}"
             f" max {r['gateway_max_ms']:.1f} | loop lag p99 {r['lag_p99_ms']:.2f}"
             f" max {r['lag_max_ms']:.1f} | gc {r['gc_passes']} passes"
-            f" {r['gc_total_ms']:.1f} ms max {r['gc_max_ms']:.1f} | chunks"
+            f" {r['gc_total_ms']:.1f} ms ({r['gc_each']}) | chunks"
             f" {r['client_chunks']} pushed {r['chunks']}",
             flush=True,
         )
