@@ -13,7 +13,8 @@ gateway process itself:
   mock's socket, the gateway's read, its work and its event loop's queue;
 - **loop lag**: how late a timer due every 2 ms runs, so how long the loop was busy with
   other work (or paused by the garbage collector) when it was due;
-- **gc**: the garbage collector's passes, each as its generation and its pause in ms
+- **gc**: the garbage collector's passes, each as its generation, its pause in ms and the
+  unreachable objects it freed
   (``gc.callbacks``).
 
 It prints one line per round, the client's own view beside the gateway's, and exits 1 if any
@@ -48,6 +49,7 @@ class _Inside:
         self.lag_s: list[float] = []
         self.gc_ms: list[float] = []
         self.gc_gens: list[int] = []
+        self.gc_freed: list[int] = []
         self._gc_t0 = 0.0
         self.probing = False
 
@@ -57,6 +59,7 @@ class _Inside:
         else:
             self.gc_ms.append((time.perf_counter() - self._gc_t0) * 1000)
             self.gc_gens.append(info["generation"])
+            self.gc_freed.append(info["collected"])
 
     def start_probe(self) -> None:
         """Start the loop-lag timer (from inside the running loop)."""
@@ -87,15 +90,17 @@ class _Inside:
             "gc_passes": len(self.gc_ms),
             "gc_total_ms": sum(self.gc_ms),
             "gc_max_ms": max(self.gc_ms, default=0.0),
-            # Each pass as generation:milliseconds, in order.
+            # Each pass as generation:milliseconds:objects freed (unreachable), in order.
             "gc_each": " ".join(
-                f"{g}:{ms:.1f}" for g, ms in zip(self.gc_gens, self.gc_ms, strict=True)
+                f"{g}:{ms:.1f}:{n}"
+                for g, ms, n in zip(self.gc_gens, self.gc_ms, self.gc_freed, strict=True)
             ),
         }
         self.gateway_ns.clear()
         self.lag_s.clear()
         self.gc_ms.clear()
         self.gc_gens.clear()
+        self.gc_freed.clear()
         print("inside " + json.dumps(out), file=sys.stderr, flush=True)
 
 
