@@ -281,7 +281,7 @@ class _Log:
 def _start(block: bytes, pos: int) -> int:
     """Where frame ``pos`` (from 0, not a block's first) starts in its block. Every frame
     starts with its id line, ``pos + 1``, and ends with the only blank line in it (data with
-    line breaks is written one ``data:`` line a line)."""
+    line breaks is written as one ``data:`` line per line)."""
     return block.index(b"\n\nid: %d\n" % (pos + 1)) + 2
 
 
