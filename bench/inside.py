@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             f" | gateway p50 {r['gateway_p50_ms']:.2f} p99 {r['gateway_p99_ms']:.2f}"
             f" max {r['gateway_max_ms']:.1f} | loop lag p99 {r['lag_p99_ms']:.2f}"
             f" max {r['lag_max_ms']:.1f} | gc {r['gc_passes']} passes"
-            f" {r['gc_total_ms']:.1f} ms ({r['gc_each']}) | chunks"
+            f" {r['gc_total_ms']:.1f} ms max {r['gc_max_ms']:.1f} ({r['gc_each']}) | chunks"
             f" {r['client_chunks']} pushed {r['chunks']}",
             flush=True,
         )

@@ -15,11 +15,16 @@ def test_inside_times_pushed_chunks_in_the_gateway_and_checks_every_stream() -> 
     n = r"([\d.]+)"
     match = re.fullmatch(
         rf"r0 client p50 {n} p99 {n} \| gateway p50 {n} p99 {n} max {n} \| loop lag p99 {n}"
-        rf" max {n} \| gc (\d+) passes {n} ms max {n} \| chunks (\d+) pushed (\d+)\n",
+        rf" max {n} \| gc (\d+) passes {n} ms max {n} \(([\d.: ]*)\)"
+        rf" \| chunks (\d+) pushed (\d+)\n",
         proc.stdout,
     )
     assert match is not None, proc.stdout
-    chunks, pushed = int(match.group(11)), int(match.group(12))
+    chunks, pushed = int(match.group(12)), int(match.group(13))
+    # Each pass as generation:ms:freed, one per pass counted.
+    passes = match.group(11).split()
+    assert len(passes) == int(match.group(8))
+    assert all(re.fullmatch(r"[012]:[\d.]+:\d+", p) for p in passes), passes
     assert chunks == 100
     # Nearly every chunk is written on the upstream read; each of those was timed, from the
     # mock's timestamp, so it took some time and no more than the client saw.
